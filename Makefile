@@ -1,0 +1,54 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (README.md).
+# Expensive artefacts live outside the repository so a fresh clone (CI) reuses them:
+#   pip's wheel cache (~/.cache/pip) and the Go-built control plane (~/.cache/opsmgr/testbin/<versions>).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: all venv postgres-bin testbin lint test unit demo clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The PostgreSQL server binaries (initdb, pg_ctl, postgres) come from Debian when the machine lacks them.
+postgres-bin:
+	@if command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; else \
+	  echo "installing Debian's postgresql (initdb/pg_ctl are missing)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+# kube-apiserver, kube-controller-manager, kubectl, etcd and helm, built once per version into the cache.
+testbin:
+	@bash tools/testbin/build.sh >/dev/null
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: venv postgres-bin testbin lint
+	@rc=0; $(PY) -m pytest -rs --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure, not a pass" >&2; exit 1; fi; \
+	exit $$rc
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: venv postgres-bin testbin
+	$(VENV)/bin/opsmgr dev demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+"""`python -m opsmgr` runs the `opsmgr` command."""
+
+from opsmgr.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The agent: durable queue, connection, discovery, rules, monitors, optimized collection and tasks."""

@@ -1,0 +1,50 @@
+"""`opsmgr`: one command for every part (operator, server, agent, gateway) and the tools around them.
+
+Subcommands are registered lazily so `opsmgr agent` never imports the server's or operator's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from opsmgr import __version__
+
+# name -> ("module:attribute", one-line help). A later issue adds its command here and in its own package.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "dev": ("opsmgr.dev.cli:dev", "Development tools: local PostgreSQL, control plane and runtime."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported only when they run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *SUBCOMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in SUBCOMMANDS:
+            module_name, attribute = SUBCOMMANDS[cmd_name][0].split(":")
+            command: Any = getattr(importlib.import_module(module_name), attribute)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lists the one-liners without importing every subcommand's module.
+        rows = [(name, SUBCOMMANDS[name][1]) for name in sorted(SUBCOMMANDS)]
+        rows += [(name, cmd.get_short_help_str()) for name, cmd in sorted(self.commands.items())]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(sorted(rows))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="opsmgr", message="%(prog)s %(version)s")
+def main() -> None:
+    """opsmgr: the Operations Manager model on Kubernetes.
+
+    Management groups, management servers, agents and gateways, reconciled by a kopf operator.
+    """

@@ -1,0 +1,1 @@
+"""Schema migrations, writers, groomers and aggregations for the OperationalDB and the DataWarehouse."""

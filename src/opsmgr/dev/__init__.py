@@ -1,0 +1,1 @@
+"""Development and test tooling: local PostgreSQL, the Go-built control plane, and the local runtime."""

@@ -1,0 +1,1 @@
+"""The gateway: relays agents from outside the trust boundary to management servers."""

@@ -1,0 +1,1 @@
+"""Certificates: the management-group CA, role profiles, renewal, revocation and CSR validation."""

@@ -1,0 +1,1 @@
+"""The agent channel on TCP 5723: the versioned .proto, its generated code, limits and versions."""

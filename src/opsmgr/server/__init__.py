@@ -1,0 +1,1 @@
+"""The management server: listener, sessions, ingest, health service watcher, enrollment, notifications."""

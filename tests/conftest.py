@@ -1,0 +1,69 @@
+"""Fixtures shared by every tier: real PostgreSQL, and the rule that CI never passes on a skipped real test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from opsmgr.dev.postgres import LocalPostgres
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REAL_TIERS = ("integration", "e2e", "reliability", "security")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The folder says which tier a test belongs to, so nobody has to remember the marker.
+    for item in items:
+        parts = Path(str(item.path)).parts
+        for tier in REAL_TIERS:
+            if tier in parts:
+                item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    # In CI a skipped test against a real component hides a missing install step: make it fail loudly.
+    if IN_CI and report.skipped and item.get_closest_marker("integration") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped integration test fails in CI (CI=true): {reason}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server for the whole session; each test gets its own database from it."""
+    # Not under pytest's tmp_path: that is private to root, and PostgreSQL runs as its own account when we are root.
+    directory = Path(tempfile.mkdtemp(prefix="opsmgr-pg-"))
+    server = LocalPostgres(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def postgres_dsn(postgres_server: LocalPostgres) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_server.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield postgres_server.dsn(name)
+    admin = await asyncpg.connect(postgres_server.dsn())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
