@@ -1,0 +1,195 @@
+"""The versioned schema of both databases, and the pure decision of which migrations a database still needs.
+
+A released migration is never edited: its checksum is recorded when applied and checked on every run. Change the
+schema by appending a migration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from opsmgr.db.model import Database
+
+
+class SchemaMismatch(RuntimeError):
+    """The database's recorded schema cannot be brought to this opsmgr's schema by appending migrations."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    version: int
+    name: str
+    checksum: str
+    database: str
+
+
+SCHEMA_MIGRATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    database text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Shared by both databases: batch bookkeeping, the late-data counter and the daily-partitioned raw tables.
+_COMMON_V1 = """
+CREATE TABLE committed_batches (
+    agent text NOT NULL,
+    epoch uuid NOT NULL,
+    batch_seq bigint NOT NULL,
+    lane text NOT NULL CHECK (lane IN ('priority', 'bulk')),
+    items_written integer NOT NULL,
+    items_dropped integer NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (agent, epoch, batch_seq)
+);
+CREATE INDEX committed_batches_committed_at ON committed_batches (committed_at);
+
+CREATE TABLE late_data_drops (
+    kind text NOT NULL,
+    reason text NOT NULL,
+    dropped bigint NOT NULL,
+    first_dropped_at timestamptz NOT NULL DEFAULT now(),
+    last_dropped_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, reason)
+);
+
+CREATE TABLE events (
+    agent text NOT NULL,
+    logged_at timestamptz NOT NULL,
+    object_key text NOT NULL,
+    channel text NOT NULL,
+    source text NOT NULL,
+    number integer NOT NULL,
+    level smallint NOT NULL CHECK (level BETWEEN 1 AND 5),
+    description text NOT NULL,
+    batch_epoch uuid NOT NULL,
+    batch_seq bigint NOT NULL,
+    item_no integer NOT NULL
+) PARTITION BY RANGE (logged_at);
+CREATE INDEX events_agent_logged_at ON events (agent, logged_at);
+
+CREATE TABLE performance_samples (
+    agent text NOT NULL,
+    sampled_at timestamptz NOT NULL,
+    object_key text NOT NULL,
+    object_name text NOT NULL,
+    counter_name text NOT NULL,
+    instance_name text NOT NULL,
+    value double precision NOT NULL,
+    batch_epoch uuid NOT NULL,
+    batch_seq bigint NOT NULL,
+    item_no integer NOT NULL
+) PARTITION BY RANGE (sampled_at);
+CREATE INDEX performance_samples_agent_sampled_at ON performance_samples (agent, sampled_at);
+
+CREATE TABLE state_changes (
+    agent text NOT NULL,
+    changed_at timestamptz NOT NULL,
+    object_key text NOT NULL,
+    monitor text NOT NULL,
+    old_state smallint NOT NULL CHECK (old_state BETWEEN 0 AND 3),
+    new_state smallint NOT NULL CHECK (new_state BETWEEN 0 AND 3),
+    batch_epoch uuid NOT NULL,
+    batch_seq bigint NOT NULL,
+    item_no integer NOT NULL
+) PARTITION BY RANGE (changed_at);
+CREATE INDEX state_changes_agent_changed_at ON state_changes (agent, changed_at);
+"""
+
+# change_xid is the id of the transaction that last changed the row: the warehouse sync's watermark.
+_ALERT_COLUMNS = """
+    alert_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    agent text NOT NULL,
+    object_key text NOT NULL,
+    source text NOT NULL,
+    name text NOT NULL,
+    description text NOT NULL,
+    severity smallint NOT NULL CHECK (severity BETWEEN 0 AND 2),
+    priority smallint NOT NULL CHECK (priority BETWEEN 0 AND 2),
+    resolution_state smallint NOT NULL DEFAULT 0 CHECK (resolution_state BETWEEN 0 AND 255),
+    repeat_count integer NOT NULL DEFAULT 0,
+    raised_at timestamptz NOT NULL,
+    last_raised_at timestamptz NOT NULL,
+    resolved_at timestamptz,
+    modified_at timestamptz NOT NULL DEFAULT now(),
+    change_xid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)
+"""
+
+OPERATIONAL_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "batches, raw data, alerts and discovery", _COMMON_V1 + f"""
+CREATE TABLE alerts ({_ALERT_COLUMNS});
+-- One active alert per key; a new occurrence while active bumps repeat_count (ON CONFLICT infers this index).
+CREATE UNIQUE INDEX alerts_one_active_per_key ON alerts (agent, object_key, source) WHERE resolution_state < 254;
+CREATE INDEX alerts_change_xid ON alerts (change_xid);
+
+CREATE TABLE discovered_objects (
+    agent text NOT NULL,
+    object_key text NOT NULL,
+    class_name text NOT NULL,
+    display_name text NOT NULL,
+    properties jsonb NOT NULL DEFAULT '{{}}',
+    discovered_at timestamptz NOT NULL,
+    last_seen_at timestamptz NOT NULL,
+    PRIMARY KEY (agent, object_key)
+);
+"""),
+)
+
+WAREHOUSE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "batches, raw data and alert history", _COMMON_V1 + f"""
+CREATE TABLE alerts ({_ALERT_COLUMNS},
+    synced_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX alerts_raised_at ON alerts (raised_at);
+
+CREATE TABLE alert_sync_watermarks (
+    source text PRIMARY KEY,
+    watermark bigint NOT NULL,
+    synced_at timestamptz NOT NULL DEFAULT now()
+);
+"""),
+)
+
+MIGRATIONS: Mapping[Database, tuple[Migration, ...]] = {
+    Database.OPERATIONAL: OPERATIONAL_MIGRATIONS,
+    Database.WAREHOUSE: WAREHOUSE_MIGRATIONS,
+}
+
+
+def pending_migrations(database: Database, available: Sequence[Migration],
+                       applied: Sequence[AppliedMigration]) -> list[Migration]:
+    """The migrations `database` still needs, in order; raises SchemaMismatch when appending cannot get there."""
+    known = {migration.version: migration for migration in available}
+    for row in applied:
+        if row.database != database.value:
+            raise SchemaMismatch(
+                f"the {database} DSN points at a database that holds the {row.database} schema "
+                f"(schema_migrations version {row.version}): give the {database} its own database")
+        migration = known.get(row.version)
+        if migration is None:
+            raise SchemaMismatch(
+                f"the {database} database is at schema version {row.version} ('{row.name}'), newer than this "
+                f"opsmgr knows (up to {max(known, default=0)}): upgrade opsmgr before migrating")
+        if migration.checksum != row.checksum:
+            raise SchemaMismatch(
+                f"{database} migration {row.version} ('{row.name}') differs from what was applied (checksum "
+                f"{row.checksum[:12]} in the database, {migration.checksum[:12]} here): restore it and put the "
+                "change in a new migration")
+    done = {row.version for row in applied}
+    return sorted((m for m in available if m.version not in done), key=lambda m: m.version)

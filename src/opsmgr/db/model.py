@@ -1,0 +1,265 @@
+"""Plain data the writers take: the item kinds an agent sends, the batch that carries them, and retention.
+
+Everything here is validated when constructed, so a writer never has to guess what a malformed item meant; each
+error names the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import ClassVar
+from uuid import UUID
+
+
+class InvalidBatch(ValueError):
+    """A batch or item that no database may accept, with a message naming the field, the value and the fix."""
+
+
+class Database(StrEnum):
+    OPERATIONAL = "operational"
+    WAREHOUSE = "warehouse"
+
+
+class Lane(StrEnum):
+    PRIORITY = "priority"
+    BULK = "bulk"
+
+
+class ItemKind(StrEnum):
+    EVENT = "event"
+    PERFORMANCE = "performance"
+    STATE = "state"
+    ALERT = "alert"
+    DISCOVERY = "discovery"
+
+
+class DropReason(StrEnum):
+    """Why an item was counted and dropped instead of written."""
+
+    BEYOND_RETENTION = "beyond_retention"
+    AHEAD_OF_CLOCK = "ahead_of_clock"
+
+
+class ResolutionState(IntEnum):
+    """Operations Manager's alert resolution states; 1..248 are left free for custom states, as there."""
+
+    NEW = 0
+    ACKNOWLEDGED = 249
+    RESOLVED = 254
+    CLOSED = 255
+
+
+# An alert at or above this state is no longer active: a new occurrence of its key opens a fresh alert.
+FIRST_INACTIVE_RESOLUTION_STATE = ResolutionState.RESOLVED
+
+
+class HealthState(IntEnum):
+    UNKNOWN = 0
+    HEALTHY = 1
+    WARNING = 2
+    CRITICAL = 3
+
+
+class EventLevel(IntEnum):
+    """Windows event levels; the agent maps syslog priorities onto them."""
+
+    CRITICAL = 1
+    ERROR = 2
+    WARNING = 3
+    INFORMATION = 4
+    VERBOSE = 5
+
+
+class AlertSeverity(IntEnum):
+    INFORMATION = 0
+    WARNING = 1
+    CRITICAL = 2
+
+
+class AlertPriority(IntEnum):
+    LOW = 0
+    MEDIUM = 1
+    HIGH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    logged_at: datetime
+    object_key: str  # the monitoring object the event is about, e.g. "Linux.Computer:web01.contoso.test"
+    channel: str  # event log or syslog facility
+    source: str  # publisher
+    number: int  # the event id a rule matches on; not unique
+    level: EventLevel
+    description: str
+    kind: ClassVar[ItemKind] = ItemKind.EVENT
+
+    @property
+    def timestamp(self) -> datetime:
+        return self.logged_at
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceSample:
+    sampled_at: datetime
+    object_key: str
+    object_name: str  # e.g. "Processor"
+    counter_name: str  # e.g. "% Processor Time"
+    instance_name: str  # e.g. "_Total"; empty when the counter has no instances
+    value: float
+    kind: ClassVar[ItemKind] = ItemKind.PERFORMANCE
+
+    @property
+    def timestamp(self) -> datetime:
+        return self.sampled_at
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    changed_at: datetime
+    object_key: str
+    monitor: str
+    old_state: HealthState
+    new_state: HealthState
+    kind: ClassVar[ItemKind] = ItemKind.STATE
+
+    @property
+    def timestamp(self) -> datetime:
+        return self.changed_at
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One occurrence of an alert (resolution state New) or its resolution by the monitor that raised it.
+
+    The alert key is (agent, object_key, source): while an alert with that key is active, another occurrence
+    increments its repeat count instead of opening a new alert.
+    """
+
+    raised_at: datetime
+    object_key: str
+    source: str  # the rule or monitor that raised it
+    name: str
+    description: str
+    severity: AlertSeverity
+    priority: AlertPriority = AlertPriority.MEDIUM
+    resolution_state: ResolutionState = ResolutionState.NEW
+    kind: ClassVar[ItemKind] = ItemKind.ALERT
+
+    @property
+    def timestamp(self) -> datetime:
+        return self.raised_at
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryItem:
+    """One discovered object of the agent's inventory, upserted by (agent, object_key)."""
+
+    discovered_at: datetime
+    object_key: str
+    class_name: str  # e.g. "Linux.Computer", "Linux.FileSystem"
+    display_name: str
+    properties: Mapping[str, str] = field(default_factory=dict)
+    kind: ClassVar[ItemKind] = ItemKind.DISCOVERY
+
+    @property
+    def timestamp(self) -> datetime:
+        return self.discovered_at
+
+
+Item = Event | PerformanceSample | StateChange | Alert | DiscoveryItem
+
+LANE_KINDS: Mapping[Lane, frozenset[ItemKind]] = {
+    Lane.PRIORITY: frozenset({ItemKind.ALERT, ItemKind.STATE, ItemKind.DISCOVERY}),
+    Lane.BULK: frozenset({ItemKind.EVENT, ItemKind.PERFORMANCE}),
+}
+
+# Acknowledged and custom states are set by people in the console, never by the agent that raised the alert.
+AGENT_RESOLUTION_STATES = frozenset({ResolutionState.NEW, ResolutionState.RESOLVED, ResolutionState.CLOSED})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchId:
+    agent: str
+    epoch: UUID
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """An immutable batch from an agent's durable queue, identified by (agent, epoch, seq).
+
+    The epoch is minted when the agent's queue is created, so sequence numbers restart safely after a reinstall.
+    Sequence numbers are per (agent, epoch) across both lanes.
+    """
+
+    agent: str
+    epoch: UUID
+    seq: int
+    lane: Lane
+    items: tuple[Item, ...]
+
+    def __post_init__(self) -> None:
+        if not self.agent:
+            raise InvalidBatch("batch.agent is empty: set it to the agent's FQDN (its certificate CN)")
+        if not isinstance(self.epoch, UUID):
+            raise InvalidBatch(f"batch.epoch is {self.epoch!r}: it must be the UUID minted with the agent's queue")
+        if self.seq < 0:
+            raise InvalidBatch(f"batch.seq is {self.seq}: sequence numbers start at 0 and only grow")
+        if not isinstance(self.lane, Lane):
+            raise InvalidBatch(f"batch.lane is {self.lane!r}: use 'priority' or 'bulk'")
+        allowed = LANE_KINDS[self.lane]
+        for index, item in enumerate(self.items):
+            _check_item(index, item, self.lane, allowed)
+
+    @property
+    def id(self) -> BatchId:
+        return BatchId(self.agent, self.epoch, self.seq)
+
+    def kinds(self) -> frozenset[ItemKind]:
+        return frozenset(item.kind for item in self.items)
+
+
+def _check_item(index: int, item: Item, lane: Lane, allowed: frozenset[ItemKind]) -> None:
+    where = f"batch.items[{index}]"
+    if not isinstance(item, Event | PerformanceSample | StateChange | Alert | DiscoveryItem):
+        raise InvalidBatch(f"{where} is a {type(item).__name__}: send Event, PerformanceSample, StateChange, "
+                           "Alert or DiscoveryItem")
+    if item.kind not in allowed:
+        right = next(other for other, kinds in LANE_KINDS.items() if item.kind in kinds)
+        raise InvalidBatch(f"{where} is {item.kind} data in the {lane} lane: send {item.kind} items in the "
+                           f"{right} lane")
+    if item.timestamp.tzinfo is None:
+        raise InvalidBatch(f"{where}.timestamp {item.timestamp.isoformat()} has no time zone: send aware UTC times")
+    if not item.object_key:
+        raise InvalidBatch(f"{where}.object_key is empty: name the monitoring object the {item.kind} is about")
+    if isinstance(item, Alert) and item.resolution_state not in AGENT_RESOLUTION_STATES:
+        raise InvalidBatch(f"{where}.resolution_state is {int(item.resolution_state)}: an agent raises alerts as "
+                           "New (0) and resolves them as Resolved (254) or Closed (255); other states are set "
+                           "in the console")
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long each database keeps what (days); defaults are Operations Manager's (DESIGN.md sections 3 and 5)."""
+
+    operational_days: int = 7
+    warehouse_raw_days: int = 10
+    warehouse_aggregate_days: int = 400
+    warehouse_alert_days: int = 400
+    # Daily partitions are created this many days past today, so midnight never waits for DDL.
+    partitions_ahead_days: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("operational_days", "warehouse_raw_days", "warehouse_aggregate_days", "warehouse_alert_days"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"retention.{name} is {value!r}: give a whole number of days, at least 1")
+        if not isinstance(self.partitions_ahead_days, int) or not 0 <= self.partitions_ahead_days <= 31:
+            raise ValueError(f"retention.partitions_ahead_days is {self.partitions_ahead_days!r}: give 0 to 31 days")
+
+    def raw_days(self, database: Database) -> int:
+        """Retention of events, performance and state rows in `database`."""
+        return self.operational_days if database is Database.OPERATIONAL else self.warehouse_raw_days

@@ -1,0 +1,132 @@
+"""Exactly-once batch writers: one per database, each commits a batch's rows with its committed-batch row.
+
+The committed-batch row is claimed first in the transaction with ON CONFLICT DO NOTHING: a concurrent writer of
+the same batch waits on that key until the first commits, then finds it taken and reports it already committed,
+without writing a row. Replays in any order, duplicate sends and epoch resets therefore never duplicate or lose.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import asyncpg
+
+from opsmgr.db.model import Batch, BatchId, Database, DropReason, ItemKind, Retention
+from opsmgr.db.routing import TABLE_COLUMNS, AlertChange, WritePlan, plan_write
+from opsmgr.db.schema import ensure_partitions
+
+DEFAULT_RETENTION = Retention()
+
+
+class CommitOutcome(StrEnum):
+    COMMITTED = "committed"
+    ALREADY_COMMITTED = "already_committed"
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What the server acknowledges to the agent for one database, and feeds its metrics with."""
+
+    database: Database
+    batch: BatchId
+    outcome: CommitOutcome
+    written: Mapping[ItemKind, int]
+    dropped: Mapping[tuple[ItemKind, DropReason], int]
+
+
+async def write_operational(conn: asyncpg.Connection, batch: Batch, retention: Retention = DEFAULT_RETENTION,
+                            *, now: datetime | None = None) -> CommitResult:
+    """Commit `batch`'s alerts, discovery, events, performance and state to the operational DB, once."""
+    return await _write(conn, batch, Database.OPERATIONAL, retention, now)
+
+
+async def write_warehouse(conn: asyncpg.Connection, batch: Batch, retention: Retention = DEFAULT_RETENTION,
+                          *, now: datetime | None = None) -> CommitResult:
+    """Commit `batch`'s events, performance and state to the warehouse, once (alerts arrive by sync)."""
+    return await _write(conn, batch, Database.WAREHOUSE, retention, now)
+
+
+async def _write(conn: asyncpg.Connection, batch: Batch, database: Database, retention: Retention,
+                 now: datetime | None) -> CommitResult:
+    plan = plan_write(batch, database, retention, now or datetime.now(UTC))
+    try:
+        committed = await _commit(conn, batch, plan)
+    except asyncpg.CheckViolationError as exc:
+        if "no partition" not in str(exc):
+            raise
+        # Late data within retention, or a day the periodic maintenance has not reached: create and retry once.
+        await ensure_partitions(conn, plan.partitions)
+        committed = await _commit(conn, batch, plan)
+    if not committed:
+        return CommitResult(database, batch.id, CommitOutcome.ALREADY_COMMITTED, {}, {})
+    return CommitResult(database, batch.id, CommitOutcome.COMMITTED, plan.written, plan.dropped)
+
+
+async def _commit(conn: asyncpg.Connection, batch: Batch, plan: WritePlan) -> bool:
+    """Write the plan in one transaction; False when the batch was committed before."""
+    async with conn.transaction():
+        claimed = await conn.fetchval(
+            """INSERT INTO committed_batches (agent, epoch, batch_seq, lane, items_written, items_dropped)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true""",
+            batch.agent, batch.epoch, batch.seq, batch.lane.value, plan.items_written, plan.items_dropped)
+        if not claimed:
+            return False
+        for table, rows in plan.rows.items():
+            await conn.copy_records_to_table(table, records=rows, columns=TABLE_COLUMNS[table])
+        for change, alerts in plan.alerts:
+            if change is AlertChange.RAISE:
+                await conn.executemany(_RAISE_ALERT, [
+                    (batch.agent, a.object_key, a.source, a.name, a.description, int(a.severity), int(a.priority),
+                     a.raised_at) for a in alerts])
+            else:
+                await conn.executemany(_RESOLVE_ALERT, [
+                    (batch.agent, a.object_key, a.source, int(a.resolution_state), a.raised_at) for a in alerts])
+        if plan.discovery:
+            await conn.executemany(_UPSERT_DISCOVERY, [
+                (batch.agent, d.object_key, d.class_name, d.display_name, json.dumps(dict(d.properties)),
+                 d.discovered_at) for d in plan.discovery])
+        if plan.dropped:
+            # Sorted so concurrent batches lock the counter rows in one order and never deadlock.
+            await conn.executemany(_COUNT_DROPS, [
+                (kind.value, reason.value, count) for (kind, reason), count in sorted(plan.dropped.items())])
+    return True
+
+
+# Every change stamps change_xid: the transaction id the warehouse sync uses as its watermark.
+_RAISE_ALERT = """
+INSERT INTO alerts AS a (agent, object_key, source, name, description, severity, priority, raised_at, last_raised_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+ON CONFLICT (agent, object_key, source) WHERE resolution_state < 254
+DO UPDATE SET repeat_count = a.repeat_count + 1,
+              last_raised_at = greatest(a.last_raised_at, excluded.last_raised_at),
+              modified_at = now(), change_xid = pg_current_xact_id()::text::bigint
+"""
+
+_RESOLVE_ALERT = """
+UPDATE alerts SET resolution_state = $4, resolved_at = $5,
+                  modified_at = now(), change_xid = pg_current_xact_id()::text::bigint
+WHERE agent = $1 AND object_key = $2 AND source = $3 AND resolution_state < 254
+"""
+
+# Out-of-order replays must not let an older discovery overwrite a newer one, hence the comparisons.
+_UPSERT_DISCOVERY = """
+INSERT INTO discovered_objects AS d (agent, object_key, class_name, display_name, properties, discovered_at,
+                                     last_seen_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6)
+ON CONFLICT (agent, object_key) DO UPDATE SET
+    class_name = CASE WHEN excluded.last_seen_at >= d.last_seen_at THEN excluded.class_name ELSE d.class_name END,
+    display_name = CASE WHEN excluded.last_seen_at >= d.last_seen_at THEN excluded.display_name
+                        ELSE d.display_name END,
+    properties = CASE WHEN excluded.last_seen_at >= d.last_seen_at THEN excluded.properties ELSE d.properties END,
+    discovered_at = least(d.discovered_at, excluded.discovered_at),
+    last_seen_at = greatest(d.last_seen_at, excluded.last_seen_at)
+"""
+
+_COUNT_DROPS = """
+INSERT INTO late_data_drops AS l (kind, reason, dropped) VALUES ($1, $2, $3)
+ON CONFLICT (kind, reason) DO UPDATE SET dropped = l.dropped + excluded.dropped, last_dropped_at = now()
+"""
