@@ -247,13 +247,13 @@ class Retention:
 
     operational_days: int = 7
     warehouse_raw_days: int = 10
-    warehouse_aggregate_days: int = 400
-    warehouse_alert_days: int = 400
+    warehouse_aggregated_days: int = 400
+    alert_days: int = 400
     # Daily partitions are created this many days past today, so midnight never waits for DDL.
     partitions_ahead_days: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("operational_days", "warehouse_raw_days", "warehouse_aggregate_days", "warehouse_alert_days"):
+        for name in ("operational_days", "warehouse_raw_days", "warehouse_aggregated_days", "alert_days"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"retention.{name} is {value!r}: give a whole number of days, at least 1")

@@ -7,8 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from opsmgr.db.model import Batch, InvalidBatch, Lane, ResolutionState, Retention
-from tests.unit.db.builders import AGENT, alert, batch, discovery, event, sample, state_change
+from opsmgr.db.model import Batch, DiscoveryItem, InvalidBatch, Lane, ResolutionState, Retention
+from tests.unit.db.builders import AGENT, NOON, alert, batch, discovery, event, sample, state_change
 
 
 def test_well_formed_batches_of_both_lanes_are_accepted() -> None:
@@ -57,16 +57,16 @@ def test_agents_cannot_acknowledge_their_own_alerts() -> None:
 
 def test_empty_object_key_is_refused() -> None:
     with pytest.raises(InvalidBatch, match=r"batch.items\[0\].object_key is empty"):
-        batch(0, Lane.PRIORITY, [discovery(1).__class__(discovery(1).discovered_at, "", "Linux.Computer", "x")])
+        batch(0, Lane.PRIORITY, [DiscoveryItem(NOON, "", "Linux.Computer", "web01")])
 
 
 def test_retention_defaults_are_operations_managers() -> None:
     retention = Retention()
-    assert (retention.operational_days, retention.warehouse_raw_days, retention.warehouse_aggregate_days,
-            retention.warehouse_alert_days) == (7, 10, 400, 400)
+    assert (retention.operational_days, retention.warehouse_raw_days, retention.warehouse_aggregated_days,
+            retention.alert_days) == (7, 10, 400, 400)
 
 
-@pytest.mark.parametrize("field", ["operational_days", "warehouse_raw_days", "warehouse_alert_days"])
+@pytest.mark.parametrize("field", ["operational_days", "warehouse_raw_days", "alert_days"])
 def test_retention_of_zero_days_names_the_field(field: str) -> None:
     with pytest.raises(ValueError, match=f"retention.{field} is 0: give a whole number of days, at least 1"):
         Retention(**{field: 0})

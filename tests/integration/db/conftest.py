@@ -1,0 +1,58 @@
+"""Two real databases per test, an operational one and a warehouse, migrated and with partitions in place."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from opsmgr.db.model import Database, Retention
+from opsmgr.db.schema import prepare_database
+from opsmgr.dev.postgres import LocalPostgres
+
+
+@dataclass
+class Databases:
+    operational_dsn: str
+    warehouse_dsn: str
+    operational: asyncpg.Connection
+    warehouse: asyncpg.Connection
+
+    def dsn(self, database: Database) -> str:
+        return self.operational_dsn if database is Database.OPERATIONAL else self.warehouse_dsn
+
+    def conn(self, database: Database) -> asyncpg.Connection:
+        return self.operational if database is Database.OPERATIONAL else self.warehouse
+
+
+@pytest.fixture
+async def warehouse_dsn(postgres_server: LocalPostgres) -> AsyncIterator[str]:
+    """A second fresh database on the session's server, for the warehouse."""
+    name = f"wh_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_server.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield postgres_server.dsn(name)
+    admin = await asyncpg.connect(postgres_server.dsn())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def databases(postgres_dsn: str, warehouse_dsn: str) -> AsyncIterator[Databases]:
+    operational = await asyncpg.connect(postgres_dsn)
+    warehouse = await asyncpg.connect(warehouse_dsn)
+    try:
+        await prepare_database(operational, Database.OPERATIONAL, Retention())
+        await prepare_database(warehouse, Database.WAREHOUSE, Retention())
+        yield Databases(postgres_dsn, warehouse_dsn, operational, warehouse)
+    finally:
+        await operational.close()
+        await warehouse.close()
