@@ -15,6 +15,7 @@ from opsmgr import __version__
 # name -> ("module:attribute", one-line help). A later issue adds its command here and in its own package.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("opsmgr.dev.cli:dev", "Development tools: local PostgreSQL, control plane and runtime."),
+    "crds": ("opsmgr.api.cli:crds", "Print the CustomResourceDefinitions generated from the models (or --write them)."),
     "certimport": ("opsmgr.pki.cli:certimport", "Import an agent's or gateway's certificate and key (PEM or PKCS#12)."),
     "db": ("opsmgr.db.cli:db", "Schema migrations for the OperationalDB and the DataWarehouse."),
 }
