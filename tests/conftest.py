@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from opsmgr.dev.cluster import LocalCluster
 from opsmgr.dev.postgres import LocalPostgres
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -36,6 +38,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped integration test fails in CI (CI=true): {reason}"
+    # A failure against the control plane names the process logs, so nobody has to hunt for them.
+    if report.failed and "kube_cluster" in getattr(item, "fixturenames", ()):
+        local = _SESSION_CLUSTER.get("cluster")
+        if local is not None:
+            logs = "\n".join(f"{name}: {path}" for name, path in local.log_files().items())
+            report.sections.append(("control-plane logs", logs))
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +75,35 @@ async def postgres_dsn(postgres_server: LocalPostgres) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+_SESSION_CLUSTER: dict[str, LocalCluster] = {}
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[LocalCluster]:
+    """A real etcd + kube-apiserver + kube-controller-manager for the whole session (built on first use)."""
+    directory = Path(tempfile.mkdtemp(prefix="opsmgr-kube-"))
+    local = LocalCluster(directory)
+    local.start()
+    _SESSION_CLUSTER["cluster"] = local
+    try:
+        yield local
+    finally:
+        _SESSION_CLUSTER.pop("cluster", None)
+        local.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(kube_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace, with its default service account in place so Pods are admitted at once."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    kube_cluster.kubectl("create", "namespace", name)
+    deadline = time.monotonic() + 30
+    while kube_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service account controller made no default account in {name} within 30 s")
+        time.sleep(0.2)
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")

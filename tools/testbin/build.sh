@@ -11,6 +11,9 @@ HELM_VERSION="v3.22.0"
 cache="${OPSMGR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/opsmgr}"
 bin="$cache/testbin/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 mkdir -p "$bin"
+# Two builders at once (a test session and make) would race on the same outputs: take turns.
+exec 9>"$bin/.lock"
+flock 9
 
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 # Keep Go's own caches outside the repo too (default GOPATH/GOCACHE already are).

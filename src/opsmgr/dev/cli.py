@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from opsmgr.dev.cluster import ClusterError, LocalCluster, running_state, stop_detached
 from opsmgr.dev.postgres import LocalPostgres, PostgresUnavailable
 
 
@@ -40,3 +42,52 @@ def postgres(directory: Path | None, port: int | None) -> None:
             stop.wait()
         finally:
             server.stop()
+
+
+DEFAULT_CLUSTER_DIR = Path.home() / ".cache" / "opsmgr" / "dev-cluster"
+cluster_dir_option = click.option(
+    "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CLUSTER_DIR,
+    show_default=True, help="Where the control plane keeps its data, certificates, logs and kubeconfig.")
+
+
+@dev.group()
+def cluster() -> None:
+    """A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on loopback."""
+
+
+@cluster.command("up")
+@cluster_dir_option
+def cluster_up(directory: Path) -> None:
+    """Start the control plane in the background; `opsmgr dev cluster env` tells how to reach it."""
+    if running_state(directory) is not None:
+        raise click.ClickException(f"a control plane is already running from {directory}; "
+                                   "`opsmgr dev cluster down` stops it")
+    if directory.exists():
+        shutil.rmtree(directory)  # a stale, stopped cluster: its etcd data and certificates are not reused
+    try:
+        local = LocalCluster(directory, detached=True)
+        local.start()
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    local.save_state()
+    click.echo(f"control plane up in {local.startup_seconds:.1f} s at {local.server}; logs in {directory}\n"
+               f'reach it with: eval "$(opsmgr dev cluster env)"')
+
+
+@cluster.command("down")
+@cluster_dir_option
+def cluster_down(directory: Path) -> None:
+    """Stop the control plane started by `opsmgr dev cluster up`."""
+    stopped = stop_detached(directory)
+    click.echo(f"stopped {', '.join(stopped)}" if stopped else f"no control plane was running from {directory}")
+
+
+@cluster.command("env")
+@cluster_dir_option
+def cluster_env(directory: Path) -> None:
+    """Print shell exports (KUBECONFIG, PATH with kubectl and helm) for the running control plane."""
+    state = running_state(directory)
+    if state is None:
+        raise click.ClickException(f"no control plane is running from {directory}; start one with "
+                                   "`opsmgr dev cluster up`")
+    click.echo(f"export KUBECONFIG={state['kubeconfig']}\nexport PATH={state['bin_dir']}:$PATH")
