@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import click
 
 from opsmgr.dev.cluster import ClusterError, LocalCluster, running_state, stop_detached
+from opsmgr.dev.demo import Demo, create_databases, install_resources, opsmgr
 from opsmgr.dev.postgres import LocalPostgres, PostgresUnavailable
 
 
@@ -91,3 +94,38 @@ def cluster_env(directory: Path) -> None:
         raise click.ClickException(f"no control plane is running from {directory}; start one with "
                                    "`opsmgr dev cluster up`")
     click.echo(f"export KUBECONFIG={state['kubeconfig']}\nexport PATH={state['bin_dir']}:$PATH")
+
+
+@dev.command("demo")
+@click.option("--exit-when-ready", is_flag=True,
+              help="Start everything, print how to reach it, then stop (a smoke test of the demo).")
+def demo(exit_when_ready: bool) -> None:
+    """Run the system locally on its embedded default (what `make demo` runs)."""
+    root = Path(tempfile.mkdtemp(prefix="opsmgr-demo-"))
+    root.chmod(0o755)  # PostgreSQL runs as its own account when we are root and must reach its directory
+    local_demo: Demo | None = None
+    try:
+        try:
+            postgres = LocalPostgres(root / "postgres")
+            postgres.start()
+            local_demo = Demo(postgres, LocalCluster(root / "kubernetes"))
+            asyncio.run(create_databases(postgres))
+            opsmgr("db", "migrate", "--operational-dsn", local_demo.database_dsn("operational"),
+                   "--warehouse-dsn", local_demo.database_dsn("warehouse"))
+            local_demo.cluster.start()
+            install_resources(local_demo)
+        except (PostgresUnavailable, ClusterError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except subprocess.CalledProcessError as exc:
+            raise click.ClickException(f"`{' '.join(exc.cmd[2:])}` failed: {exc.stderr.strip()}") from exc
+        click.echo(local_demo.summary())
+        if not exit_when_ready:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        if local_demo is not None:
+            local_demo.cluster.stop()
+            local_demo.postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
