@@ -15,10 +15,19 @@ PYTEST_ARGS ?=
 
 all: test
 
+# Wheels of the pinned dependencies, keyed by the pins, so a fresh clone installs offline from the cache.
+DEPS_KEY := $(shell sed -n '/^dependencies = \[/,/^\]/p; /^dev = \[/,/^\]/p' pyproject.toml | sha256sum | cut -c1-16)
+WHEELS := $(HOME)/.cache/opsmgr/wheels/$(DEPS_KEY)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@if [ ! -f $(WHEELS)/.complete ]; then \
+	  echo "caching dependency wheels in $(WHEELS)"; \
+	  $(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[dev]' "$$(sed -n 's/^requires = \["\(setuptools==[^"]*\)"\]/\1/p' pyproject.toml)" \
+	    && rm -f $(WHEELS)/opsmgr-*.whl && touch $(WHEELS)/.complete; \
+	fi
+	$(PY) -m pip install --quiet --no-index --find-links $(WHEELS) -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
