@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -10,19 +11,24 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.utils import CryptographyDeprecationWarning
 
 from opsmgr.pki.errors import CertificateError, Check
 from opsmgr.pki.keys import PrivateKey, check_private_key
 
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 # Parsing is lazy in places (extensions, names): these are every exception a malformed input can raise.
-_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, IndexError, UnicodeError, OverflowError)
+_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, IndexError, UnicodeError, OverflowError,
+                 x509.InvalidVersion, CryptographyDeprecationWarning)
 _T = TypeVar("_T")
 
 
 def _parsed(field: str, what: str, fix: str, parse: Callable[[], _T]) -> _T:
     try:
-        return parse()
+        with warnings.catch_warnings():
+            # What cryptography still parses with a deprecation warning (e.g. a negative serial) it will refuse later.
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            return parse()
     except CertificateError:
         raise
     except _PARSE_ERRORS as exc:
@@ -100,7 +106,10 @@ class KeyAndCertificates:
 def load_pkcs12(data: bytes, password: bytes | None, field: str = "PKCS#12 file") -> KeyAndCertificates:
     """Parse a PKCS#12 (.pfx/.p12) file; a wrong or missing password is named as such."""
     try:
-        bundle = pkcs12.load_pkcs12(data, password or None)
+        with warnings.catch_warnings():
+            # Windows exports BER rather than DER; cryptography reads it and warns, which is noise to our user.
+            warnings.filterwarnings("ignore", "PKCS#12 bundle could not be parsed as DER")
+            bundle = pkcs12.load_pkcs12(data, password or None)
     except _PARSE_ERRORS as exc:
         problem = "cannot be opened: wrong or missing password, or not PKCS#12"
         raise CertificateError(Check.UNREADABLE, field, _describe(exc), problem,
