@@ -61,11 +61,11 @@ def read_key_and_certificates(source: ImportSource) -> KeyAndCertificates:
     """Find the key, the leaf (the certificate that matches the key) and its chain in PEM or PKCS#12 input."""
     if not is_pem(source.certificate) and source.key is None:
         return load_pkcs12(source.certificate, source.password, "--cert (PKCS#12)")
-    key_bytes = source.key if source.key is not None else source.certificate
+    key_bytes, key_field = (source.key, "--key") if source.key is not None else (source.certificate, "--cert")
     if b"PRIVATE KEY-----" not in key_bytes and is_pem(key_bytes):
-        raise CertificateError(Check.UNREADABLE, "--key", "(no private key found)", "holds no private key",
+        raise CertificateError(Check.UNREADABLE, key_field, "(no private key found)", "holds no private key",
                                "pass the PEM private key with --key, or a PKCS#12 file with --cert")
-    key = load_private_key(key_bytes, source.password, "--key" if source.key is not None else "--cert private key")
+    key = load_private_key(key_bytes, source.password, key_field)
     certificates = load_certificates(source.certificate, "--cert")
     leaf = next((c for c in certificates if same_public_key(c.public_key(), key.public_key())), certificates[0])
     return KeyAndCertificates(key, leaf, tuple(c for c in certificates if c is not leaf))

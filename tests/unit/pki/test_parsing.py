@@ -100,4 +100,4 @@ def test_file_with_two_certificates_where_one_is_expected_is_named(ca: Certifica
 def test_pem_holding_certificates_but_no_key_is_named(ca: CertificateAuthority) -> None:
     with pytest.raises(CertificateError) as raised:
         read_key_and_certificates(ImportSource(ca.certificate_pem(), ca.certificate_pem()))
-    assert raised.value.field == "--key" and "no private key" in str(raised.value)
+    assert raised.value.field == "--cert" and "no private key" in str(raised.value)
