@@ -60,6 +60,7 @@ def test_imported_ca_with_someone_elses_key_is_rejected(ca: CertificateAuthority
         import_ca(ca.certificate_pem(), other_ca.key_pem(), NOW)
     assert raised.value.check is Check.KEY_MISMATCH
     assert raised.value.field == "spec.certificates.ca key"
+    assert raised.value.reason == "KeyMismatch"  # what the operator writes as the CertificatesReady reason
 
 
 def test_imported_leaf_posing_as_ca_is_rejected(ca: CertificateAuthority) -> None:

@@ -77,7 +77,7 @@ def test_default_key_is_ecdsa_p256() -> None:
     (lambda: ec.generate_private_key(ec.SECP256K1()).public_key(), "ECDSA secp256k1"),
     (lambda: ed25519.Ed25519PrivateKey.generate().public_key(), "Ed25519PublicKey"),
     (lambda: dsa.generate_private_key(2048).public_key(), "DSAPublicKey"),
-])
+], ids=["rsa-1024", "rsa-exponent-3", "secp256k1", "ed25519", "dsa"])
 def test_weak_or_unsupported_key_is_rejected(make_key: Callable[[], object], shown: str) -> None:
     with pytest.raises(CertificateError) as raised:
         check_public_key(make_key(), "CSR public key")
