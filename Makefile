@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 all: test
 
 # Wheels of the pinned dependencies, keyed by the pins, so a fresh clone installs offline from the cache.
-DEPS_KEY := $(shell sed -n '/^dependencies = \[/,/^\]/p; /^dev = \[/,/^\]/p' pyproject.toml | sha256sum | cut -c1-16)
+DEPS_KEY := $(shell sed -n '/^requires = /p; /^dependencies = \[/,/^\]/p; /^dev = \[/,/^\]/p' pyproject.toml | sha256sum | cut -c1-16)
+BUILD_REQUIRES := $(shell sed -n 's/^requires = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '"' | tr ',' ' ')
 WHEELS := $(HOME)/.cache/opsmgr/wheels/$(DEPS_KEY)
 
 $(STAMP): pyproject.toml
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip==26.3
 	@if [ ! -f $(WHEELS)/.complete ]; then \
 	  echo "caching dependency wheels in $(WHEELS)"; \
-	  $(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[dev]' "$$(sed -n 's/^requires = \["\(setuptools==[^"]*\)"\]/\1/p' pyproject.toml)" \
+	  $(PY) -m pip wheel --quiet --wheel-dir $(WHEELS) '.[dev]' $(BUILD_REQUIRES) \
 	    && rm -f $(WHEELS)/opsmgr-*.whl && touch $(WHEELS)/.complete; \
 	fi
 	$(PY) -m pip install --quiet --no-index --find-links $(WHEELS) -e '.[dev]'
