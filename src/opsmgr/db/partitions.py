@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from opsmgr.db.model import DropReason, ItemKind
@@ -58,18 +59,35 @@ def retention_cutoff(now: datetime, retention_days: int) -> datetime:
     return now - timedelta(days=retention_days)
 
 
-def last_accepted_day(now: datetime, ahead_days: int) -> date:
-    """The newest day a partition may exist for; later timestamps come from a clock that is wrong."""
-    return partition_day(now) + timedelta(days=ahead_days)
+@dataclass(frozen=True, slots=True)
+class AcceptanceWindow:
+    """[cutoff, horizon): the timestamps a database accepts now; computed once per batch, checked per item."""
+
+    cutoff: datetime  # older is beyond retention
+    horizon: datetime  # this or later comes from a clock that is days ahead: past the last partition we create
+
+    def drop_reason(self, moment: datetime) -> DropReason | None:
+        if moment < self.cutoff:
+            return DropReason.BEYOND_RETENTION
+        if moment >= self.horizon:
+            return DropReason.AHEAD_OF_CLOCK
+        return None
+
+
+def acceptance_window(now: datetime, retention_days: int, ahead_days: int) -> AcceptanceWindow:
+    last_day = partition_day(now) + timedelta(days=ahead_days)
+    return AcceptanceWindow(retention_cutoff(now, retention_days), partition_bounds(last_day)[1])
 
 
 def drop_reason(moment: datetime, now: datetime, retention_days: int, ahead_days: int) -> DropReason | None:
     """Why an item timestamped `moment` must be dropped, or None when it belongs in a partition."""
-    if moment < retention_cutoff(now, retention_days):
-        return DropReason.BEYOND_RETENTION
-    if partition_day(moment) > last_accepted_day(now, ahead_days):
-        return DropReason.AHEAD_OF_CLOCK
-    return None
+    return acceptance_window(now, retention_days, ahead_days).drop_reason(moment)
+
+
+def days_spanned(first: datetime, last: datetime) -> list[date]:
+    """Every UTC day from `first`'s through `last`'s."""
+    start, end = partition_day(first), partition_day(last)
+    return [start + timedelta(days=n) for n in range((end - start).days + 1)]
 
 
 def partitions_ahead(now: datetime, ahead_days: int) -> list[PartitionKey]:

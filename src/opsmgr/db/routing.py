@@ -27,7 +27,7 @@ from opsmgr.db.model import (
     Retention,
     StateChange,
 )
-from opsmgr.db.partitions import PARTITIONED_TABLES, PartitionKey, drop_reason, partition_day
+from opsmgr.db.partitions import PARTITIONED_TABLES, PartitionKey, acceptance_window, days_spanned
 
 ROUTES: Mapping[ItemKind, frozenset[Database]] = {
     ItemKind.EVENT: frozenset({Database.OPERATIONAL, Database.WAREHOUSE}),
@@ -87,12 +87,12 @@ class WritePlan:
 
 def plan_write(batch: Batch, database: Database, retention: Retention, now: datetime) -> WritePlan:
     rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in PARTITIONED_TABLES.values()}
+    spans: dict[str, tuple[datetime, datetime]] = {}
     alerts: list[Alert] = []
     discovery: list[DiscoveryItem] = []
-    partitions: set[PartitionKey] = set()
     written: Counter[ItemKind] = Counter()
     dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
-    retention_days = retention.raw_days(database)
+    window = acceptance_window(now, retention.raw_days(database), retention.partitions_ahead_days)
     for item_no, item in enumerate(batch.items):
         if database not in ROUTES[item.kind]:
             continue
@@ -101,16 +101,20 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
         elif isinstance(item, DiscoveryItem):
             discovery.append(item)
         else:
-            reason = drop_reason(item.timestamp, now, retention_days, retention.partitions_ahead_days)
+            moment = item.timestamp
+            reason = window.drop_reason(moment)
             if reason is not None:
                 dropped[item.kind, reason] += 1
                 continue
             table = PARTITIONED_TABLES[item.kind]
             rows[table].append(row_of(batch, item_no, item))
-            partitions.add((table, partition_day(item.timestamp)))
+            first, last = spans.get(table, (moment, moment))
+            spans[table] = (min(first, moment), max(last, moment))
         written[item.kind] += 1
+    # Every day between a table's oldest and newest row: a superset is harmless, and far cheaper per item.
+    partitions = frozenset((table, day) for table, (first, last) in spans.items() for day in days_spanned(first, last))
     return WritePlan(database, {table: r for table, r in rows.items() if r}, alert_runs(alerts), tuple(discovery),
-                     frozenset(partitions), dict(written), dict(dropped))
+                     partitions, dict(written), dict(dropped))
 
 
 def row_of(batch: Batch, item_no: int, item: Item) -> tuple[Any, ...]:

@@ -2,13 +2,15 @@
 
 The committed-batch row is claimed first in the transaction with ON CONFLICT DO NOTHING: a concurrent writer of
 the same batch waits on that key until the first commits, then finds it taken and reports it already committed,
-without writing a row. Replays in any order, duplicate sends and epoch resets therefore never duplicate or lose.
+without writing a row (so the duplicate-commit race never surfaces as a unique violation). Replays in any
+order, duplicate sends and epoch resets therefore never duplicate or lose.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -41,59 +43,102 @@ class CommitResult:
 async def write_operational(conn: asyncpg.Connection, batch: Batch, retention: Retention = DEFAULT_RETENTION,
                             *, now: datetime | None = None) -> CommitResult:
     """Commit `batch`'s alerts, discovery, events, performance and state to the operational DB, once."""
-    return await _write(conn, batch, Database.OPERATIONAL, retention, now)
+    return (await write_operational_batches(conn, [batch], retention, now=now))[0]
 
 
 async def write_warehouse(conn: asyncpg.Connection, batch: Batch, retention: Retention = DEFAULT_RETENTION,
                           *, now: datetime | None = None) -> CommitResult:
     """Commit `batch`'s events, performance and state to the warehouse, once (alerts arrive by sync)."""
-    return await _write(conn, batch, Database.WAREHOUSE, retention, now)
+    return (await write_warehouse_batches(conn, [batch], retention, now=now))[0]
 
 
-async def _write(conn: asyncpg.Connection, batch: Batch, database: Database, retention: Retention,
-                 now: datetime | None) -> CommitResult:
-    plan = plan_write(batch, database, retention, now or datetime.now(UTC))
+async def write_operational_batches(conn: asyncpg.Connection, batches: Sequence[Batch],
+                                    retention: Retention = DEFAULT_RETENTION,
+                                    *, now: datetime | None = None) -> list[CommitResult]:
+    """Commit several batches (e.g. all that queued up while the database was busy) in one transaction.
+
+    One commit, one COPY per table: the cost of a durable commit is shared, which is what lets ingest keep up when
+    the database falls behind. Results are in the order of `batches`; a failure commits none of them.
+    """
+    return await _write(conn, batches, Database.OPERATIONAL, retention, now)
+
+
+async def write_warehouse_batches(conn: asyncpg.Connection, batches: Sequence[Batch],
+                                  retention: Retention = DEFAULT_RETENTION,
+                                  *, now: datetime | None = None) -> list[CommitResult]:
+    """The warehouse's counterpart of write_operational_batches."""
+    return await _write(conn, batches, Database.WAREHOUSE, retention, now)
+
+
+async def _write(conn: asyncpg.Connection, batches: Sequence[Batch], database: Database, retention: Retention,
+                 now: datetime | None) -> list[CommitResult]:
+    if not batches:
+        return []
+    moment = now or datetime.now(UTC)
+    plans = [plan_write(batch, database, retention, moment) for batch in batches]
     try:
-        committed = await _commit(conn, batch, plan)
+        claimed = await _commit(conn, batches, plans)
     except asyncpg.CheckViolationError as exc:
         if "no partition" not in str(exc):
             raise
         # Late data within retention, or a day the periodic maintenance has not reached: create and retry once.
-        await ensure_partitions(conn, plan.partitions)
-        committed = await _commit(conn, batch, plan)
-    if not committed:
-        return CommitResult(database, batch.id, CommitOutcome.ALREADY_COMMITTED, {}, {})
-    return CommitResult(database, batch.id, CommitOutcome.COMMITTED, plan.written, plan.dropped)
+        await ensure_partitions(conn, frozenset().union(*(plan.partitions for plan in plans)))
+        claimed = await _commit(conn, batches, plans)
+    return [CommitResult(database, batch.id, CommitOutcome.COMMITTED, plan.written, plan.dropped)
+            if index in claimed else CommitResult(database, batch.id, CommitOutcome.ALREADY_COMMITTED, {}, {})
+            for index, (batch, plan) in enumerate(zip(batches, plans, strict=True))]
 
 
-async def _commit(conn: asyncpg.Connection, batch: Batch, plan: WritePlan) -> bool:
-    """Write the plan in one transaction; False when the batch was committed before."""
+async def _commit(conn: asyncpg.Connection, batches: Sequence[Batch], plans: Sequence[WritePlan]) -> set[int]:
+    """Write the plans of the batches not committed before, in one transaction; returns their indexes."""
     async with conn.transaction():
-        claimed = await conn.fetchval(
+        # Claimed in key order, so two writers of overlapping groups wait on each other and never deadlock.
+        order = sorted(range(len(batches)), key=lambda i: (batches[i].agent, batches[i].epoch, batches[i].seq))
+        rows = await conn.fetch(
             """INSERT INTO committed_batches (agent, epoch, batch_seq, lane, items_written, items_dropped)
-               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true""",
-            batch.agent, batch.epoch, batch.seq, batch.lane.value, plan.items_written, plan.items_dropped)
+               SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::int[])
+               ON CONFLICT DO NOTHING RETURNING agent, epoch, batch_seq""",
+            *zip(*[(batches[i].agent, batches[i].epoch, batches[i].seq, batches[i].lane.value,
+                    plans[i].items_written, plans[i].items_dropped) for i in order], strict=True))
+        fresh = {(row["agent"], row["epoch"], row["batch_seq"]) for row in rows}
+        claimed: set[int] = set()
+        for index, batch in enumerate(batches):
+            key = (batch.agent, batch.epoch, batch.seq)
+            if key in fresh:  # the first of several copies of one batch in the group takes it
+                fresh.discard(key)
+                claimed.add(index)
         if not claimed:
-            return False
-        for table, rows in plan.rows.items():
-            await conn.copy_records_to_table(table, records=rows, columns=TABLE_COLUMNS[table])
-        for change, alerts in plan.alerts:
-            if change is AlertChange.RAISE:
-                await conn.executemany(_RAISE_ALERT, [
-                    (batch.agent, a.object_key, a.source, a.name, a.description, int(a.severity), int(a.priority),
-                     a.raised_at) for a in alerts])
-            else:
-                await conn.executemany(_RESOLVE_ALERT, [
-                    (batch.agent, a.object_key, a.source, int(a.resolution_state), a.raised_at) for a in alerts])
-        if plan.discovery:
-            await conn.executemany(_UPSERT_DISCOVERY, [
-                (batch.agent, d.object_key, d.class_name, d.display_name, json.dumps(dict(d.properties)),
-                 d.discovered_at) for d in plan.discovery])
-        if plan.dropped:
+            return claimed
+        mine = [plans[index] for index in sorted(claimed)]
+        for table, columns in TABLE_COLUMNS.items():
+            records = [row for plan in mine for row in plan.rows.get(table, ())]
+            if records:
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+        for index in sorted(claimed):
+            await _upsert_priority_items(conn, batches[index].agent, plans[index])
+        dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
+        for plan in mine:
+            dropped.update(plan.dropped)
+        if dropped:
             # Sorted so concurrent batches lock the counter rows in one order and never deadlock.
             await conn.executemany(_COUNT_DROPS, [
-                (kind.value, reason.value, count) for (kind, reason), count in sorted(plan.dropped.items())])
-    return True
+                (kind.value, reason.value, count) for (kind, reason), count in sorted(dropped.items())])
+    return claimed
+
+
+async def _upsert_priority_items(conn: asyncpg.Connection, agent: str, plan: WritePlan) -> None:
+    for change, alerts in plan.alerts:
+        if change is AlertChange.RAISE:
+            await conn.executemany(_RAISE_ALERT, [
+                (agent, a.object_key, a.source, a.name, a.description, int(a.severity), int(a.priority),
+                 a.raised_at) for a in alerts])
+        else:
+            await conn.executemany(_RESOLVE_ALERT, [
+                (agent, a.object_key, a.source, int(a.resolution_state), a.raised_at) for a in alerts])
+    if plan.discovery:
+        await conn.executemany(_UPSERT_DISCOVERY, [
+            (agent, d.object_key, d.class_name, d.display_name, json.dumps(dict(d.properties)), d.discovered_at)
+            for d in plan.discovery])
 
 
 # Every change stamps change_xid: the transaction id the warehouse sync uses as its watermark.

@@ -15,7 +15,14 @@ from opsmgr.db.model import Batch, Database, DiscoveryItem, DropReason, Item, It
 from opsmgr.db.partitions import PARTITIONED_TABLES, partition_day, partition_name
 from opsmgr.db.routing import databases_for
 from opsmgr.db.schema import existing_partitions
-from opsmgr.db.writer import CommitOutcome, CommitResult, write_operational, write_warehouse
+from opsmgr.db.writer import (
+    CommitOutcome,
+    CommitResult,
+    write_operational,
+    write_operational_batches,
+    write_warehouse,
+    write_warehouse_batches,
+)
 from tests.integration.db.conftest import Databases
 from tests.unit.db.builders import AGENT, alert, batch, discovery, event, sample, state_change
 
@@ -138,6 +145,36 @@ async def test_a_duplicate_waits_for_the_commit_in_flight_and_then_skips_or_take
     finally:
         await second.close()
     assert await count(databases.operational, "events") == 2
+
+
+async def test_a_group_of_batches_commits_each_once_with_copies_inside_and_across_groups(
+        databases: Databases) -> None:
+    now = datetime.now(UTC)
+    b = [batch(seq, Lane.BULK, [event(seq * 10 + i, now) for i in range(10)]) for seq in range(4)]
+    first = await write_warehouse_batches(databases.warehouse, [b[0], b[1], b[1], b[2]])
+    second = await write_warehouse_batches(databases.warehouse, [b[2], b[3], b[0]])
+    committed, already = CommitOutcome.COMMITTED, CommitOutcome.ALREADY_COMMITTED
+    assert [r.outcome for r in first] == [committed, committed, already, committed]
+    assert [r.outcome for r in second] == [already, committed, already]
+    assert [r.batch.seq for r in second] == [2, 3, 0]
+    assert await count(databases.warehouse, "events") == 40
+    assert await write_warehouse_batches(databases.warehouse, []) == []
+
+
+async def test_concurrent_groups_overlapping_in_opposite_orders_neither_deadlock_nor_duplicate(
+        databases: Databases) -> None:
+    now = datetime.now(UTC)
+    group = [batch(seq, Lane.PRIORITY, [alert(seq, now), state_change(seq, now)]) for seq in range(20)]
+    second = await asyncpg.connect(databases.operational_dsn)
+    try:
+        results = await asyncio.gather(write_operational_batches(databases.operational, group),
+                                       write_operational_batches(second, group[::-1]))
+    finally:
+        await second.close()
+    outcomes = Counter(r.outcome for rs in results for r in rs)
+    assert outcomes == {CommitOutcome.COMMITTED: 20, CommitOutcome.ALREADY_COMMITTED: 20}
+    assert await count(databases.operational, "alerts") == 20
+    assert await count(databases.operational, "state_changes") == 20
 
 
 async def drops(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
