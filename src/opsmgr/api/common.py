@@ -214,7 +214,8 @@ class LabelSelectorRequirement(ApiModel):
 
     cel_rules = (
         CelRule(
-            "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+            "self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0 "
+            ": !has(self.values) || size(self.values) == 0",
             "matchExpressions values: In and NotIn need at least one value, Exists and DoesNotExist take none",
             check=lambda r: bool(r.values) == (r.operator in (LabelSelectorOperator.IN, LabelSelectorOperator.NOT_IN)),
             field_path=".values",
