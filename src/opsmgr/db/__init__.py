@@ -1,7 +1,8 @@
 """Schema migrations, writers, groomers and aggregations for the OperationalDB and the DataWarehouse.
 
 The management server calls `prepare_database` at start, `write_operational` / `write_warehouse` per batch
-(choosing the databases with `databases_for`), `maintain_partitions` periodically and `sync_alerts_to_warehouse`.
+(or the `_batches` forms for what queued up; choosing the databases with `databases_for`),
+`maintain_partitions` periodically and `sync_alerts_to_warehouse`.
 """
 
 from opsmgr.db.alert_sync import AlertSyncResult, sync_alerts_to_warehouse
@@ -29,12 +30,20 @@ from opsmgr.db.model import (
 )
 from opsmgr.db.routing import ROUTES, databases_for
 from opsmgr.db.schema import MigrationReport, PartitionReport, maintain_partitions, migrate, prepare_database
-from opsmgr.db.writer import CommitOutcome, CommitResult, write_operational, write_warehouse
+from opsmgr.db.writer import (
+    CommitOutcome,
+    CommitResult,
+    write_operational,
+    write_operational_batches,
+    write_warehouse,
+    write_warehouse_batches,
+)
 
 __all__ = [
     "ROUTES", "Alert", "AlertPriority", "AlertSeverity", "AlertSyncResult", "Batch", "BatchId", "CommitOutcome",
     "CommitResult", "Database", "DiscoveryItem", "DropReason", "Event", "EventLevel", "HealthState", "InvalidBatch",
     "Item", "ItemKind", "Lane", "MigrationReport", "PartitionReport", "PerformanceSample", "ResolutionState",
     "Retention", "SchemaMismatch", "StateChange", "databases_for", "maintain_partitions", "migrate",
-    "prepare_database", "sync_alerts_to_warehouse", "write_operational", "write_warehouse",
+    "prepare_database", "sync_alerts_to_warehouse", "write_operational", "write_operational_batches",
+    "write_warehouse", "write_warehouse_batches",
 ]
