@@ -27,6 +27,7 @@ from opsmgr.api.common import (
     immutable,
 )
 from opsmgr.api.conditions import ResourceStatus
+from opsmgr.api.management_group import HeartbeatSpec
 
 QUEUE_LIMIT_MB = 100
 # "Send Queue % Used" thresholds from Operations Manager.
@@ -125,6 +126,16 @@ class AgentSpec(ApiModel):
     """TCP probe for a Host agent whose heartbeats stop; pods are judged by their Pod's phase instead."""
     queue_limit_mb: int = Field(default=QUEUE_LIMIT_MB, ge=5, le=1500, alias="queueLimitMB")
     """Size of the agent's on-disk send queue in MB; when full, the oldest lowest-priority data is evicted."""
+
+    def heartbeat_settings(self, group: HeartbeatSpec) -> HeartbeatSpec:
+        """The heartbeat interval and threshold this agent follows: its overrides, else its group's."""
+        override = self.heartbeat or HeartbeatOverride()
+        return HeartbeatSpec(interval_seconds=override.interval_seconds or group.interval_seconds,
+                             missed_threshold=override.missed_threshold or group.missed_threshold)
+
+    def in_maintenance(self, now: AwareDatetime) -> bool:
+        """Whether a maintenance window is open at this moment."""
+        return self.maintenance is not None and self.maintenance.is_open(now)
 
     cel_rules = (
         CelRule(

@@ -302,6 +302,14 @@ MESSAGE_COLUMN = PrinterColumn("MESSAGE", '.status.conditions[?(@.type=="Ready")
                                "Why the Ready condition has its status.", priority=1)
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
 class CustomResource(ApiModel):
     """A whole custom resource as the API server and kopf hand it over: apiVersion, kind, metadata, spec, status.
 
@@ -322,8 +330,18 @@ class CustomResource(ApiModel):
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Self:
-        """Parse an object as the API server or kopf delivers it (a kopf Body is a Mapping)."""
-        return cls.model_validate(dict(body))
+        """Parse an object as the API server or kopf delivers it (a kopf Body is a Mapping of Mappings)."""
+        return cls.model_validate(_plain(body))
+
+    def manifest(self) -> dict[str, Any]:
+        """What to create or apply: apiVersion, kind, metadata and spec (status belongs to its subresource)."""
+        document = self.to_dict()
+        document.pop("status", None)
+        return document
+
+    def status_patch(self) -> dict[str, Any]:
+        """A merge patch for the status subresource with every status field opsmgr has set."""
+        return {"status": self.to_dict().get("status", {})}
 
     @classmethod
     def kind_name(cls) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
@@ -259,6 +261,13 @@ class AgentCounts(ApiModel):
     """Agents whose health is Unknown (not approved, never connected, or heartbeat lost)."""
     pending: int = Field(default=0, ge=0)
     """Agents waiting for approval."""
+
+    @classmethod
+    def tally(cls, healths: Iterable[str], pending: int = 0) -> AgentCounts:
+        """Counts from each agent's status.health (Healthy, Warning, Critical, Unknown)."""
+        counted = Counter(healths)
+        return cls(total=sum(counted.values()), healthy=counted["Healthy"], warning=counted["Warning"],
+                   critical=counted["Critical"], unknown=counted["Unknown"], pending=pending)
 
 
 class Endpoints(ApiModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -12,8 +13,8 @@ from opsmgr.api import RESOURCES, Agent, AgentTask, ManagementGroup, ManagementP
 from opsmgr.api.agent import Approval, Connection, Health, MaintenanceWindow, Placement
 from opsmgr.api.agent_task import TaskPhase
 from opsmgr.api.common import LabelSelector, parse_duration
-from opsmgr.api.management_group import DatabaseMode, ManagementGroupSpec
-from tests.unit.api.cases import EXAMPLES, INVALID_ON_CREATE, INVALID_ON_UPDATE, Invalid, model_of
+from opsmgr.api.management_group import AgentCounts, DatabaseMode, ManagementGroupSpec
+from tests.unit.api.cases import EXAMPLES, INVALID_ON_CREATE, INVALID_ON_UPDATE, Invalid, changed, model_of
 
 
 def described(error: ValidationError) -> str:
@@ -137,3 +138,40 @@ def test_agent_task_phases_know_when_they_are_finished() -> None:
     assert task.status.phase is TaskPhase.PENDING and not task.status.phase.finished
     assert task.spec.parameter_values() == {"service": "nginx"}
     assert {p for p in TaskPhase if p.finished} == {TaskPhase.SUCCEEDED, TaskPhase.FAILED, TaskPhase.TIMED_OUT}
+
+
+def test_agent_heartbeat_overrides_its_group_field_by_field() -> None:
+    agent = Agent.model_validate(EXAMPLES["agent-host"])
+    group = ManagementGroup.model_validate(EXAMPLES["management-group"]).spec.heartbeat
+    settings = agent.spec.heartbeat_settings(group)
+    assert (settings.interval_seconds, settings.missed_threshold) == (30, 4)
+    node = Agent.model_validate(EXAMPLES["agent-node"]).spec.heartbeat_settings(group)
+    assert (node.interval_seconds, node.missed_threshold) == (60, 4)
+
+
+def test_agent_is_in_maintenance_only_while_its_window_is_open() -> None:
+    end = datetime(2030, 1, 1, tzinfo=UTC)
+    document = changed(EXAMPLES["agent-host"], {"spec.maintenance": {"end": end.isoformat()}})
+    agent = Agent.model_validate(document)
+    assert agent.spec.in_maintenance(end - timedelta(minutes=1))
+    assert not agent.spec.in_maintenance(end)
+    assert not Agent.model_validate(EXAMPLES["agent-node"]).spec.in_maintenance(end)
+
+
+def test_agent_counts_tally_healths() -> None:
+    counts = AgentCounts.tally([Health.HEALTHY, Health.HEALTHY, Health.CRITICAL, "Unknown"], pending=1)
+    assert (counts.total, counts.healthy, counts.warning, counts.critical, counts.unknown, counts.pending) == (
+        4, 2, 0, 1, 1, 1)
+
+
+def test_manifest_leaves_status_to_its_subresource() -> None:
+    agent = Agent.model_validate(EXAMPLES["agent-sidecar"])
+    assert "status" not in agent.manifest()
+    assert agent.manifest()["spec"]["placement"] == "Sidecar"
+    assert agent.status_patch() == {"status": agent.status.to_dict()}
+
+
+def test_from_body_accepts_read_only_mappings_like_kopf_bodies() -> None:
+    body = MappingProxyType({**EXAMPLES["agent-task"],
+                             "spec": MappingProxyType(dict(EXAMPLES["agent-task"]["spec"]))})
+    assert AgentTask.from_body(body).spec.agent == "db01-example-com"
