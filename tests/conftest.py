@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -60,21 +61,30 @@ def postgres_server() -> Iterator[LocalPostgres]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture
-async def postgres_dsn(postgres_server: LocalPostgres) -> AsyncIterator[str]:
-    """A fresh, empty database on the session's server, dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(postgres_server.dsn())
+@contextlib.asynccontextmanager
+async def scratch_database(server: LocalPostgres, prefix: str = "t") -> AsyncIterator[str]:
+    """A fresh, empty database on `server` for one test, dropped afterwards; yields its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(server.dsn())
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield postgres_server.dsn(name)
-    admin = await asyncpg.connect(postgres_server.dsn())
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield server.dsn(name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(server.dsn())
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def postgres_dsn(postgres_server: LocalPostgres) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    async with scratch_database(postgres_server) as dsn:
+        yield dsn
 
 
 _SESSION_CLUSTER: dict[str, LocalCluster] = {}

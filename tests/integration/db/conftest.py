@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import pytest
 from opsmgr.db.model import Database, Retention
 from opsmgr.db.schema import prepare_database
 from opsmgr.dev.postgres import LocalPostgres
+from tests.conftest import scratch_database
 
 
 @dataclass
@@ -31,18 +31,8 @@ class Databases:
 @pytest.fixture
 async def warehouse_dsn(postgres_server: LocalPostgres) -> AsyncIterator[str]:
     """A second fresh database on the session's server, for the warehouse."""
-    name = f"wh_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(postgres_server.dsn())
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield postgres_server.dsn(name)
-    admin = await asyncpg.connect(postgres_server.dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(postgres_server, "wh") as dsn:
+        yield dsn
 
 
 @pytest.fixture
