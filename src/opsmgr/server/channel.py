@@ -1,0 +1,138 @@
+"""The agent channel's gRPC service: binds each stream to its certificate, admits it, and runs its session.
+
+Requests arrive as raw bytes and are parsed by the session, so a malformed or oversized message is refused
+with our own logged reason instead of gRPC's generic one. Live streams are indexed by certificate serial and by
+agent, so a revocation or a directory change closes exactly the streams it concerns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+
+import grpc
+from grpc import aio
+
+from opsmgr.db.model import Database
+from opsmgr.pki.errors import CertificateError
+from opsmgr.pki.verify import authorize_peer, peer_certificate
+from opsmgr.protocol.limits import MAX_MESSAGE_BYTES
+from opsmgr.server.admission import Refusal, admit_speaker, admit_stream, claimed_role
+from opsmgr.server.directory import AgentDirectory
+from opsmgr.server.ingest import IngestPipeline
+from opsmgr.server.metrics import ServerMetrics
+from opsmgr.server.presence import PresenceLedger
+from opsmgr.server.revocations import RevocationWatch
+from opsmgr.server.session import AgentSession, SessionSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "opsmgr.agentchannel.v1.AgentChannel"
+# Room above our own limit, so a message a little too large reaches the session and is refused with a reason.
+GRPC_RECEIVE_LIMIT = 2 * MAX_MESSAGE_BYTES
+
+
+class AgentChannel:
+    def __init__(self, *, group: str, settings: SessionSettings, pipelines: Mapping[Database, IngestPipeline],
+                 metrics: ServerMetrics, presence: PresenceLedger, directory: AgentDirectory,
+                 revocations: RevocationWatch) -> None:
+        self.group = group
+        self.settings = settings
+        self.pipelines = pipelines
+        self.metrics = metrics
+        self.presence = presence
+        self.directory = directory
+        self.revocations = revocations
+        self.by_serial: dict[int, set[AgentSession]] = defaultdict(set)
+        self.by_agent: dict[str, AgentSession] = {}
+        revocations.on_revoked(self.close_revoked)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.stream_stream_rpc_method_handler(self.connect, request_deserializer=None,
+                                                       response_serializer=lambda m: m.SerializeToString())
+        return grpc.method_handlers_generic_handler(SERVICE, {"Connect": method})
+
+    def sessions(self) -> list[AgentSession]:
+        return [session for sessions in self.by_serial.values() for session in sessions]
+
+    async def connect(self, requests: AsyncIterator[bytes], context: aio.ServicerContext[bytes, bytes]) -> None:
+        peer = context.peer()
+        try:
+            certificate = peer_certificate(context.auth_context())
+            role, name = claimed_role(certificate, self.directory)
+            identity = authorize_peer(certificate, group=self.group, role=role, revocations=self.revocations.current,
+                                      now=datetime.now(UTC), name=name)
+        except CertificateError as refused:
+            self._refuse_open(peer, None, Refusal(refused.reason, str(refused)))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
+        refusal = admit_stream(identity, self.directory)
+        if refusal is not None:
+            self._refuse_open(peer, identity.name, refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
+        session = AgentSession(context, identity, certificate.serial_number, settings=self.settings,
+                               pipelines=self.pipelines, metrics=self.metrics, presence=self.presence,
+                               directory=self.directory, peer=peer)
+        self.by_serial[session.serial].add(session)
+        try:
+            closing = await session.run(self._bound)
+        finally:
+            self._forget(session)
+        if closing is not None:
+            session.refuse(closing.refusal, what="stream")
+            await context.abort(closing.code, closing.refusal.message)
+
+    def _bound(self, session: AgentSession) -> None:
+        """Called once Hello named the agent: a newer stream of the same agent replaces an older one."""
+        assert session.agent is not None
+        older = self.by_agent.get(session.agent)
+        self.by_agent[session.agent] = session
+        if older is not None and older is not session:
+            older.close(grpc.StatusCode.ABORTED, Refusal("Replaced", "a newer stream of this agent replaced this one"))
+
+    def _forget(self, session: AgentSession) -> None:
+        sessions = self.by_serial.get(session.serial)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.by_serial[session.serial]
+        if session.agent is not None and self.by_agent.get(session.agent) is session:
+            del self.by_agent[session.agent]
+
+    def _refuse_open(self, peer: str, identity: str | None, refusal: Refusal) -> None:
+        self.metrics.refusals.labels(refusal.reason).inc()
+        log.warning("stream refused", extra={"fields": {"peer": peer, "identity": identity, "reason": refusal.reason,
+                                                        "detail": refusal.message}})
+
+    def close_revoked(self, serials: frozenset[int]) -> None:
+        for serial in serials:
+            for session in list(self.by_serial.get(serial, ())):
+                session.close(grpc.StatusCode.PERMISSION_DENIED, Refusal(
+                    "Revoked", f"certificate serial {serial:x} was revoked while the stream was open"))
+
+    def recheck_directory(self) -> None:
+        """After the directory changed: close streams whose agent or gateway is no longer known and approved."""
+        for session in self.sessions():
+            refusal = admit_stream(session.identity, self.directory)
+            if refusal is None and session.agent is not None:
+                refusal = admit_speaker(session.identity, session.agent, self.directory)
+            if refusal is not None:
+                session.close(grpc.StatusCode.PERMISSION_DENIED, refusal)
+
+
+def server_credentials(key_pem: bytes, certificate_pem: bytes, ca_bundle_pem: bytes) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(key_pem, certificate_pem)], root_certificates=ca_bundle_pem,
+                                       require_client_auth=True)
+
+
+def grpc_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Dead agents (a pulled cable, a frozen VM) are noticed by keepalive, not by the next write.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]

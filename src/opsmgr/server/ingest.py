@@ -1,0 +1,240 @@
+"""Writer pipelines: one per database, each a bounded queue drained by a few writers that group-commit.
+
+The operational DB never waits for the warehouse because they share nothing: separate queues, writers, pools.
+A pipeline's bound is in items (admitted and not yet committed); `submit` waits for room, which is how a full
+database stops the server reading from agents (gRPC flow control does the rest). The warehouse pipeline can also
+refuse instead of waiting once it is stalled, so a frozen warehouse never stops priority batches (DESIGN.md 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from opsmgr.db.model import Batch, Database, Lane, Retention
+from opsmgr.db.schema import maintain_partitions, prepare_database
+from opsmgr.db.writer import CommitResult, write_operational_batches, write_warehouse_batches
+from opsmgr.server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+WRITERS: dict[Database, Callable[[asyncpg.Connection, Sequence[Batch], Retention],
+                                 Awaitable[list[CommitResult]]]] = {
+    Database.OPERATIONAL: write_operational_batches,
+    Database.WAREHOUSE: write_warehouse_batches,
+}
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 10.0
+
+
+class WriteFailed(RuntimeError):
+    """The database did not commit the group this batch was in; the agent keeps it and replays."""
+
+
+@dataclass(eq=False)
+class _Submission:
+    batch: Batch
+    weight: int
+    future: asyncio.Future[CommitResult]
+
+
+class DatabaseLink:
+    """A connection pool to one database, created (and the schema prepared) on first use and after losing it."""
+
+    def __init__(self, database: Database, dsn: str, *, pool_size: int, connect_timeout: float,
+                 retention: Retention) -> None:
+        self.database = database
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.retention = retention
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        async with self._opening:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
+                                                 timeout=self.connect_timeout, command_timeout=None)
+                try:
+                    async with pool.acquire() as conn:
+                        await prepare_database(conn, self.database, self.retention)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+                log.info("database ready", extra={"fields": {"database": self.database.value}})
+            return self._pool
+
+    async def maintain(self) -> None:
+        async with (await self.pool()).acquire() as conn:
+            report = await maintain_partitions(conn, self.database, self.retention)
+        if report.created or report.dropped:
+            log.info("partitions maintained", extra={"fields": {
+                "database": self.database.value, "created": len(report.created), "dropped": len(report.dropped)}})
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()  # a stalled peer: a polite close waited in vain, so cut the sockets
+
+
+class IngestPipeline:
+    """The bounded queue and writers of one database."""
+
+    def __init__(self, link: DatabaseLink, metrics: ServerMetrics, *, capacity_items: int, writers: int,
+                 batches_per_transaction: int, stall_seconds: float) -> None:
+        self.link = link
+        self.database = link.database
+        self.metrics = metrics
+        self.capacity_items = capacity_items
+        self.batches_per_transaction = batches_per_transaction
+        self.stall_seconds = stall_seconds
+        self._writer_count = writers
+        self._lanes: dict[Lane, deque[_Submission]] = {Lane.PRIORITY: deque(), Lane.BULK: deque()}
+        self._used = 0  # items admitted and not yet committed or failed
+        self._room = asyncio.Condition()
+        self._work = asyncio.Condition()
+        self._writing = 0
+        self._last_progress = time.monotonic()
+        self._failing_since: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._gauge = metrics.queued_items.labels(self.database.value)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._writer(), name=f"{self.database}-writer-{n}")
+                       for n in range(self._writer_count)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for lane in self._lanes.values():
+            while lane:
+                _resolve(lane.popleft().future, WriteFailed("the server is stopping"))
+        await self.link.close()
+
+    @property
+    def used_items(self) -> int:
+        return self._used
+
+    def stalled(self) -> bool:
+        """No commit for `stall_seconds` while writes are pending, or the database keeps failing."""
+        if self._failing_since is not None:
+            return True
+        busy = self._writing > 0 or any(self._lanes.values())
+        return busy and time.monotonic() - self._last_progress > self.stall_seconds
+
+    async def submit(self, batch: Batch, *, refuse_when_stalled: bool = False) -> asyncio.Future[CommitResult] | None:
+        """Queue `batch`, waiting for room; with `refuse_when_stalled`, returns None instead of waiting on a stall."""
+        weight = min(max(1, len(batch.items)), self.capacity_items)
+        async with self._room:
+            while self._used + weight > self.capacity_items:
+                if refuse_when_stalled and self.stalled():
+                    return None
+                # Woken by every release; the timeout re-checks the stall verdict, which turns on the clock alone.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), timeout=0.25)
+            self._used += weight
+            self._gauge.set(self._used)
+        submission = _Submission(batch, weight, asyncio.get_running_loop().create_future())
+        async with self._work:
+            self._lanes[batch.lane].append(submission)
+            self._work.notify()
+        return submission.future
+
+    async def _take(self) -> list[_Submission]:
+        async with self._work:
+            await self._work.wait_for(lambda: any(self._lanes.values()))
+            group: list[_Submission] = []
+            # Priority first: alerts and state never wait behind a backlog of performance data.
+            for lane in (Lane.PRIORITY, Lane.BULK):
+                queue = self._lanes[lane]
+                while queue and len(group) < self.batches_per_transaction:
+                    group.append(queue.popleft())
+            return group
+
+    async def _writer(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while True:
+            group = await self._take()
+            self._writing += 1
+            started = time.monotonic()
+            try:
+                results = await self._write(group)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._failed(group, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            except asyncio.CancelledError:
+                for submission in group:
+                    _resolve(submission.future, WriteFailed("the server is stopping"))
+                raise
+            finally:
+                self._writing -= 1
+                await self._release(group)
+            backoff = _BACKOFF_FIRST
+            self._committed(group, results, time.monotonic() - started)
+
+    async def _write(self, group: list[_Submission]) -> list[CommitResult]:
+        pool = await self.link.pool()
+        async with pool.acquire() as conn:
+            return await WRITERS[self.database](conn, [s.batch for s in group], self.link.retention)
+
+    def _committed(self, group: list[_Submission], results: list[CommitResult], seconds: float) -> None:
+        self._last_progress = time.monotonic()
+        if self._failing_since is not None:
+            log.info("database writes recovered", extra={"fields": {
+                "database": self.database.value, "after_seconds": round(self._last_progress - self._failing_since)}})
+            self._failing_since = None
+        self.metrics.write_seconds.labels(self.database.value).observe(seconds)
+        self.metrics.batches_per_transaction.labels(self.database.value).observe(len(group))
+        for submission, result in zip(group, results, strict=True):
+            for kind, count in result.written.items():
+                self.metrics.items.labels(kind.value, self.database.value).inc(count)
+            for (kind, reason), count in result.dropped.items():
+                self.metrics.items_dropped.labels(kind.value, self.database.value, reason.value).inc(count)
+            _resolve(submission.future, result)
+
+    def _failed(self, group: list[_Submission], exc: BaseException) -> None:
+        self.metrics.write_failures.labels(self.database.value).inc()
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        log.warning("database write failed; the agents keep these batches and replay them", extra={"fields": {
+            "database": self.database.value, "batches": len(group), "error": f"{type(exc).__name__}: {exc}"}})
+        if isinstance(exc, OSError | asyncpg.InterfaceError | TimeoutError):
+            # The pool may hold dead connections; start afresh on the next attempt.
+            task = asyncio.get_running_loop().create_task(self.link.close())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        for submission in group:
+            _resolve(submission.future, WriteFailed(f"the {self.database.value} database did not commit: "
+                                                    f"{type(exc).__name__}"))
+
+    async def _release(self, group: list[_Submission]) -> None:
+        async with self._room:
+            self._used -= sum(s.weight for s in group)
+            self._gauge.set(self._used)
+            self._room.notify_all()
+
+
+def _resolve(future: asyncio.Future[CommitResult], outcome: CommitResult | BaseException) -> None:
+    # The session that awaited it may be gone (its agent disconnected); the commit still counts.
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+        future.exception()  # marks it retrieved: nobody may be left to await it
+    else:
+        future.set_result(outcome)

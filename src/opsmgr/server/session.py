@@ -1,0 +1,305 @@
+"""One agent's stream on 5723, after its certificate was accepted: Hello, then heartbeats, batches and acks.
+
+Reading is paced by the writers: a batch is read only once the operational pipeline has room for the previous
+one and the session has fewer than `session_inflight_batches` unacknowledged, so a slow database stops the
+reads and gRPC's flow control stops the agent. The warehouse part of a bulk batch is deferred instead of waited
+for once the warehouse is stalled: the operational ack still goes out, the warehouse ack says DEFERRED, nothing
+of it stays in memory, and the agent, which keeps the batch until both acks, replays it to the warehouse alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc import aio
+
+from opsmgr.db.model import Batch, Database, InvalidBatch
+from opsmgr.db.writer import CommitOutcome, CommitResult
+from opsmgr.pki.names import Identity
+from opsmgr.protocol import agent_channel_pb2 as pb
+from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES
+from opsmgr.protocol.versions import UnsupportedVersion, VersionRange, negotiate
+from opsmgr.server.admission import Refusal, admit_speaker
+from opsmgr.server.convert import WIRE_DATABASES, owed_databases, to_batch
+from opsmgr.server.directory import AgentDirectory
+from opsmgr.server.ingest import IngestPipeline
+from opsmgr.server.metrics import ServerMetrics
+from opsmgr.server.presence import PresenceLedger, QueueReport
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_SECONDS = 30.0
+GOODBYE_FLUSH_SECONDS = 30.0
+_OUTCOMES = {CommitOutcome.COMMITTED: pb.Ack.OUTCOME_COMMITTED,
+             CommitOutcome.ALREADY_COMMITTED: pb.Ack.OUTCOME_ALREADY_COMMITTED}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    server_name: str
+    heartbeat_interval_seconds: int
+    inflight_batches: int
+    deferred_retry_ms: int
+
+
+@dataclass(frozen=True)
+class Closing:
+    """Why the server ends a stream: a gRPC status and a reason the agent's log shows."""
+
+    code: grpc.StatusCode
+    refusal: Refusal
+
+
+class AgentSession:
+    def __init__(self, context: aio.ServicerContext[bytes, bytes], identity: Identity, serial: int, *,
+                 settings: SessionSettings, pipelines: Mapping[Database, IngestPipeline], metrics: ServerMetrics,
+                 presence: PresenceLedger, directory: AgentDirectory, peer: str) -> None:
+        self.context = context
+        self.identity = identity
+        self.serial = serial
+        self.settings = settings
+        self.pipelines = pipelines
+        self.metrics = metrics
+        self.presence = presence
+        self.directory = directory
+        self.peer = peer
+        self.session_id = uuid.uuid4().hex
+        self.agent: str | None = None  # set by Hello
+        self._outbox: asyncio.Queue[pb.ServerMessage] = asyncio.Queue(maxsize=2 * settings.inflight_batches + 16)
+        self._inflight = asyncio.Semaphore(settings.inflight_batches)
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
+        self._on_bound: Callable[[AgentSession], None] = lambda _session: None
+
+    def fields(self, **more: object) -> dict[str, Any]:
+        return {"peer": self.peer, "identity": self.identity.name, "role": self.identity.role.value,
+                "agent": self.agent, "session": self.session_id, **more}
+
+    def close(self, code: grpc.StatusCode, refusal: Refusal) -> None:
+        """End the stream from outside (revocation, directory change, a newer stream); safe to call twice."""
+        if not self._closing.done():
+            self._closing.set_result(Closing(code, refusal))
+
+    def refuse(self, refusal: Refusal, *, what: str) -> None:
+        self.metrics.refusals.labels(refusal.reason).inc()
+        log.warning(f"{what} refused", extra={"fields": self.fields(reason=refusal.reason, detail=refusal.message)})
+
+    async def run(self, on_bound: Callable[[AgentSession], None]) -> Closing | None:
+        """Serve the stream until the agent ends it or the server closes it; returns why the server closed it.
+
+        `on_bound` runs once Hello named the agent (the channel indexes the stream by agent then).
+        """
+        self._on_bound = on_bound
+        sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id}")
+        reader = asyncio.create_task(self._converse(), name=f"read-{self.session_id}")
+        try:
+            watched: set[asyncio.Future[Any]] = {reader, self._closing, sender}
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if self._closing in done:
+                return self._closing.result()
+            if reader in done:
+                closing = reader.result()
+                if closing is None:
+                    await self._flush()
+                return closing
+            return sender.result()  # the peer went away while we wrote: nothing left to say
+        finally:
+            for task in (reader, sender, *self._ack_tasks):
+                task.cancel()
+            await asyncio.gather(reader, sender, *self._ack_tasks, return_exceptions=True)
+
+    async def _flush(self) -> None:
+        """After the agent's Goodbye or end of writing: let in-flight batches finish and their acks go out."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(GOODBYE_FLUSH_SECONDS):
+                while self._ack_tasks:
+                    await asyncio.gather(*self._ack_tasks, return_exceptions=True)
+                await self._outbox.join()
+
+    async def _send_loop(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            try:
+                await self.context.write(message)
+            finally:
+                self._outbox.task_done()
+
+    async def _read(self) -> pb.AgentMessage | None:
+        raw = await self.context.read()
+        if raw is aio.EOF:
+            return None
+        assert isinstance(raw, bytes)
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise _Malformed(Refusal("MessageTooLarge", f"a message of {len(raw)} bytes exceeds the limit of "
+                                                        f"{MAX_MESSAGE_BYTES}: form smaller batches"))
+        try:
+            return pb.AgentMessage.FromString(raw)
+        except DecodeError as exc:
+            raise _Malformed(Refusal("Malformed", f"a message is not an AgentMessage ({exc})")) from None
+
+    async def _converse(self) -> Closing | None:
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_SECONDS):
+                first = await self._read()
+        except TimeoutError:
+            return Closing(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           Refusal("NoHello", f"no Hello within {HELLO_TIMEOUT_SECONDS:.0f} s of opening the stream"))
+        except _Malformed as bad:
+            return Closing(grpc.StatusCode.INVALID_ARGUMENT, bad.refusal)
+        if first is None:
+            return None
+        closing = await self._hello(first)
+        if closing is not None:
+            return closing
+        assert self.agent is not None
+        self.metrics.connected_agents.inc()
+        try:
+            return await self._serve()
+        finally:
+            self.metrics.connected_agents.dec()
+            self.presence.disconnected(self.agent, self.session_id, datetime.now(UTC))
+
+    async def _hello(self, message: pb.AgentMessage) -> Closing | None:
+        if message.WhichOneof("body") != "hello":
+            return Closing(grpc.StatusCode.FAILED_PRECONDITION,
+                           Refusal("NoHello", f"the first message was {message.WhichOneof('body')}, not Hello"))
+        hello = message.hello
+        try:
+            version = negotiate(VersionRange(hello.min_version, hello.max_version))
+        except UnsupportedVersion as exc:
+            return Closing(grpc.StatusCode.FAILED_PRECONDITION, Refusal("UnsupportedVersion", str(exc)))
+        agent = (hello.agent or self.identity.name).strip().lower().removesuffix(".")
+        refusal = admit_speaker(self.identity, agent, self.directory)
+        if refusal is not None:
+            return Closing(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        self.agent = agent
+        self._on_bound(self)
+        via = self.identity.name if agent != self.identity.name else None
+        self.presence.connected(agent, self.session_id, via, datetime.now(UTC), _queue(hello.queue)
+                                if hello.HasField("queue") else None)
+        await self._outbox.put(pb.ServerMessage(welcome=pb.Welcome(
+            version=version, server=self.settings.server_name, session_id=self.session_id,
+            config=pb.AgentConfig(heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds),
+            limits=pb.Limits(max_message_bytes=MAX_MESSAGE_BYTES, max_batch_items=MAX_BATCH_ITEMS))))
+        log.info("agent connected", extra={"fields": self.fields(version=version, epoch=hello.epoch,
+                                                                 agent_version=hello.agent_version)})
+        return None
+
+    async def _serve(self) -> Closing | None:
+        assert self.agent is not None
+        while True:
+            try:
+                message = await self._read()
+            except _Malformed as bad:
+                # An undecodable message leaves no batch to reject; the stream cannot be trusted to be in step.
+                return Closing(grpc.StatusCode.INVALID_ARGUMENT, bad.refusal)
+            if message is None:
+                return None
+            body = message.WhichOneof("body")
+            if body == "batch":
+                await self._on_batch(message.batch)
+            elif body == "heartbeat":
+                beat = message.heartbeat
+                self.presence.heartbeat(self.agent, self.session_id, datetime.now(UTC), beat.seq,
+                                        _queue(beat.queue) if beat.HasField("queue") else None)
+            elif body == "goodbye":
+                self.presence.goodbye(self.agent, self.session_id, datetime.now(UTC), message.goodbye.reason)
+                log.info("agent said goodbye", extra={"fields": self.fields(reason=message.goodbye.reason)})
+                return None
+            elif body == "hello":
+                return Closing(grpc.StatusCode.FAILED_PRECONDITION,
+                               Refusal("RepeatedHello", "Hello is sent once, first; open a new stream to start over"))
+            else:
+                # Task results and renewals are served by later parts of the server; say so rather than drop silently.
+                log.info("message not served yet", extra={"fields": self.fields(body=body)})
+
+    async def _on_batch(self, wire: pb.DataBatch) -> None:
+        assert self.agent is not None
+        try:
+            batch = to_batch(self.agent, wire)
+            owed = owed_databases(batch, wire)
+        except InvalidBatch as exc:
+            refusal = Refusal("InvalidBatch", str(exc))
+            self.refuse(refusal, what="batch")
+            self.metrics.acks.labels("all", "rejected").inc()
+            await self._outbox.put(pb.ServerMessage(ack=pb.Ack(
+                epoch=wire.epoch, seq=wire.seq, database=pb.DATABASE_UNSPECIFIED, outcome=pb.Ack.OUTCOME_REJECTED,
+                reason=refusal.message)))
+            return
+        await self._inflight.acquire()
+        pending: dict[Database, asyncio.Future[CommitResult]] = {}
+        deferred: list[Database] = []
+        try:
+            if Database.OPERATIONAL in owed:
+                operational = await self.pipelines[Database.OPERATIONAL].submit(batch)
+                assert operational is not None
+                pending[Database.OPERATIONAL] = operational
+            if Database.WAREHOUSE in owed:
+                warehouse = await self.pipelines[Database.WAREHOUSE].submit(batch, refuse_when_stalled=True)
+                if warehouse is None:
+                    deferred.append(Database.WAREHOUSE)
+                else:
+                    pending[Database.WAREHOUSE] = warehouse
+        except BaseException:
+            self._inflight.release()
+            raise
+        task = asyncio.create_task(self._acknowledge(batch, pending, deferred))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _acknowledge(self, batch: Batch, pending: Mapping[Database, asyncio.Future[CommitResult]],
+                           deferred: list[Database]) -> None:
+        """Ack each database as soon as it committed; give up waiting on a warehouse that stalled meanwhile."""
+        try:
+            for database in deferred:
+                await self._send_ack(batch, database, None, f"the {database.value} database is behind")
+            # asyncio.wait, not await: cancelling this task must never cancel the pipeline's futures.
+            waiting = {future: database for database, future in pending.items()}
+            while waiting:
+                done, _ = await asyncio.wait(waiting, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    database = waiting.pop(future)
+                    failure = future.exception()
+                    if failure is not None:
+                        await self._send_ack(batch, database, None, str(failure))
+                    else:
+                        await self._send_ack(batch, database, future.result(), "")
+                for future, database in list(waiting.items()):
+                    # The queued write may still commit later; the replay then finds it ALREADY_COMMITTED.
+                    if database is Database.WAREHOUSE and self.pipelines[database].stalled():
+                        del waiting[future]
+                        await self._send_ack(batch, database, None, f"the {database.value} database is stalled")
+        finally:
+            self._inflight.release()
+
+    async def _send_ack(self, batch: Batch, database: Database, result: CommitResult | None, reason: str) -> None:
+        if result is None:
+            outcome, label = pb.Ack.OUTCOME_DEFERRED, "deferred"
+            ack = pb.Ack(epoch=str(batch.epoch), seq=batch.seq, database=WIRE_DATABASES[database], outcome=outcome,
+                         reason=f"{reason}: keep the batch and replay it",
+                         retry_after_ms=self.settings.deferred_retry_ms)
+        else:
+            outcome, label = _OUTCOMES[result.outcome], result.outcome.value
+            ack = pb.Ack(epoch=str(batch.epoch), seq=batch.seq, database=WIRE_DATABASES[database], outcome=outcome,
+                         dropped_items=sum(result.dropped.values()))
+        self.metrics.acks.labels(database.value, label).inc()
+        await self._outbox.put(pb.ServerMessage(ack=ack))
+
+
+class _Malformed(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def _queue(status: pb.QueueStatus) -> QueueReport:
+    return QueueReport(status.depth_items, status.size_bytes, status.limit_bytes, status.evicted_items_total)
