@@ -10,12 +10,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
 from opsmgr.dev.cluster import LocalCluster
 from opsmgr.dev.postgres import LocalPostgres
+
+if TYPE_CHECKING:
+    import opsmgr.dev.runtime
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REAL_TIERS = ("integration", "e2e", "reliability", "security")
@@ -117,3 +121,32 @@ def namespace(kube_cluster: LocalCluster) -> Iterator[str]:
         time.sleep(0.2)
     yield name
     kube_cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture(scope="session")
+def local_runtime_session(kube_cluster: LocalCluster) -> Iterator[opsmgr.dev.runtime.RuntimeThread]:
+    """One local runtime (Node `local`) for the session; it serves the namespaces tests hand it."""
+    # Imported here so unit-test runs do not pay for kubernetes_asyncio.
+    from opsmgr.dev.runtime import RuntimeSettings, RuntimeThread  # noqa: PLC0415
+    from opsmgr.dev.runtime_lifecycle import RestartBackoff  # noqa: PLC0415
+
+    # Not under pytest's tmp_path: PostgreSQL, run as its own account, must reach its volume.
+    root = Path(tempfile.mkdtemp(prefix="opsmgr-runtime-"))
+    root.chmod(0o755)
+    # A short crash-loop backoff keeps restart tests quick; everything else is the kubelet's behaviour.
+    settings = RuntimeSettings(kubeconfig=kube_cluster.kubeconfig, root=root, namespaces=set(),
+                               backoff=RestartBackoff(initial=1.0, cap=10.0))
+    runtime = RuntimeThread(settings).start()
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def local_runtime(local_runtime_session: opsmgr.dev.runtime.RuntimeThread,
+                  namespace: str) -> opsmgr.dev.runtime.RuntimeThread:
+    """The session's local runtime, now running the Pods of this test's `namespace` as local processes."""
+    local_runtime_session.serve(namespace)
+    return local_runtime_session

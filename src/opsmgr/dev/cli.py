@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import signal
 import subprocess
@@ -129,3 +130,46 @@ def demo(exit_when_ready: bool) -> None:
             local_demo.cluster.stop()
             local_demo.postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dev.command("runtime")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Kubeconfig of the cluster (e.g. from `opsmgr dev cluster env`); needs cluster-admin.")
+@click.option("--namespace", "-n", "namespaces", multiple=True,
+              help="Run the Pods of this namespace (repeatable).")
+@click.option("--all-namespaces", "-A", is_flag=True, help="Run the Pods of every namespace.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("/var/lib/opsmgr/dev-runtime"), show_default=True,
+              help="Where Pod directories (volumes, logs) and claimed volumes live.")
+@click.option("--hosts-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("/etc/hosts"),
+              show_default=True, help="Hosts file that gets the Service and Pod names (a managed block).")
+@click.option("--verbose", "-v", is_flag=True, help="Log each process start and exit.")
+def runtime(*, kubeconfig: Path, namespaces: tuple[str, ...], all_namespaces: bool, root: Path, hosts_file: Path,
+            verbose: bool) -> None:
+    """Play the kubelet: register Node `local` and run the Pods of the namespaces as local processes."""
+    # Imported here: kubernetes_asyncio is slow to import and only this command needs it.
+    from opsmgr.dev.runtime import LocalRuntime, RuntimeSettings  # noqa: PLC0415
+
+    if not namespaces and not all_namespaces:
+        raise click.UsageError("name the namespaces whose Pods to run with --namespace NS (repeatable), "
+                               "or pass --all-namespaces")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    local = LocalRuntime(RuntimeSettings(kubeconfig=kubeconfig, root=root, hosts_file=hosts_file,
+                                         namespaces=None if all_namespaces else set(namespaces)))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, local.request_stop)
+        runner = asyncio.create_task(local.run())
+        await loop.run_in_executor(None, local.ready.wait)
+        if not runner.done():
+            click.echo(f"local runtime serving node `local`, pod addresses {local.claim.network}, "
+                       f"Pod directories in {root}; Ctrl-C stops it and every process it started")
+        await runner
+
+    try:
+        asyncio.run(serve())
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,358 @@
+"""The local runtime plays the kubelet on a real control plane: Pods run as processes, resolve, restart and stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from opsmgr.dev.cluster import LocalCluster
+from opsmgr.dev.runtime import RuntimeSettings, RuntimeThread
+
+# Each peer listens on its pod IP at 5723, then resolves its peer by DNS name, asks its name and prints the answer.
+PEER_SCRIPT = """
+import os, socket, threading, time
+me, ns = os.environ["POD_NAME"], os.environ["POD_NAMESPACE"]
+peer = "peer-1" if me == "peer-0" else "peer-0"
+server = socket.create_server((os.environ["POD_IP"], 5723))
+def serve():
+    while True:
+        connection, _ = server.accept()
+        connection.sendall(me.encode())
+        connection.close()
+threading.Thread(target=serve, daemon=True).start()
+name = f"{peer}.peers.{ns}.svc"
+while True:
+    try:
+        address = socket.gethostbyname(name)
+        with socket.create_connection((name, 5723), timeout=2) as connection:
+            print(f"resolved {name} to {address}, it says {connection.recv(100).decode()}", flush=True)
+        break
+    except OSError:
+        time.sleep(0.3)
+time.sleep(100000)
+"""
+
+PEERS = """
+apiVersion: v1
+kind: Service
+metadata: {name: peers}
+spec:
+  clusterIP: None
+  selector: {app: peer}
+  ports: [{name: peer, port: 5723}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: peer}
+spec:
+  serviceName: peers
+  replicas: 2
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: peer}}
+  template:
+    metadata: {labels: {app: peer}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      initContainers:
+        - name: version
+          image: ghcr.io/opsmgr/opsmgr:dev
+          command: [opsmgr, --version]
+      containers:
+        - name: peer
+          image: ghcr.io/opsmgr/opsmgr:dev
+          command: [python, -c, PEER_SCRIPT]
+          env:
+            - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+            - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+          ports: [{name: peer, containerPort: 5723}]
+          readinessProbe: {tcpSocket: {port: peer}, periodSeconds: 1}
+""".replace("PEER_SCRIPT", json.dumps(PEER_SCRIPT))
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"within {timeout:.0f} s: {what}")
+
+
+def pod(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def is_ready(obj: dict[str, Any] | None) -> bool:
+    conditions = (obj or {}).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def ready_pod(cluster: LocalCluster, namespace: str, name: str, timeout: float = 60.0) -> dict[str, Any]:
+    found: dict[str, Any] = eventually(lambda: (p := pod(cluster, namespace, name)) and is_ready(p) and p,
+                                       f"pod {namespace}/{name} is Ready", timeout)
+    return found
+
+
+def pid_of(obj: dict[str, Any], container: str) -> int:
+    status = next(s for s in obj["status"]["containerStatuses"] if s["name"] == container)
+    return int(status["containerID"].removeprefix("opsmgr-dev://"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def test_statefulset_peers_become_ready_resolve_each_other_restart_and_stop(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    begun = time.monotonic()
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=PEERS)
+    first = {name: ready_pod(kube_cluster, namespace, name) for name in ("peer-0", "peer-1")}
+    ready_after = time.monotonic() - begun
+    addresses = {name: p["status"]["podIP"] for name, p in first.items()}
+    assert len(set(addresses.values())) == 2 and all(a.startswith("127.0.") for a in addresses.values())
+    assert "opsmgr" in local_runtime.logs(namespace, "peer-0", "version")  # the init container ran the venv's
+    for me, peer in (("peer-0", "peer-1"), ("peer-1", "peer-0")):
+        expected = f"resolved {peer}.peers.{namespace}.svc to {addresses[peer]}, it says {peer}"
+
+        def reached(me: str = me, expected: str = expected) -> bool:
+            return expected in local_runtime.logs(namespace, me, "peer")
+
+        eventually(reached, f"{me} reached its peer by name ({expected!r})", 30)
+    # The test process resolves the same names: the hosts block serves everyone on the machine.
+    assert socket.gethostbyname(f"peer-0.peers.{namespace}.svc") == addresses["peer-0"]
+
+    old_pid = pid_of(first["peer-0"], "peer")
+    kube_cluster.kubectl("delete", "pod", "peer-0", "-n", namespace, "--wait=false")
+    eventually(lambda: not alive(old_pid), "the deleted Pod's process stopped", 30)
+    again = eventually(lambda: (p := pod(kube_cluster, namespace, "peer-0")) and is_ready(p)
+                       and p["metadata"]["uid"] != first["peer-0"]["metadata"]["uid"] and p,
+                       "the StatefulSet's new peer-0 is Ready", 60)
+    new_pid = pid_of(again, "peer")
+    assert new_pid != old_pid and alive(new_pid)
+
+    pids = [new_pid, pid_of(first["peer-1"], "peer")]
+    kube_cluster.kubectl("delete", "statefulset", "peer", "-n", namespace)
+    eventually(lambda: not any(alive(p) for p in pids), "both peer processes stopped after the StatefulSet went", 60)
+    eventually(lambda: pod(kube_cluster, namespace, "peer-1") is None, "the Pods were removed", 30)
+    print(f"two StatefulSet Pods Ready {ready_after:.1f} s after apply")
+
+
+SETTINGS_SCRIPT = """
+import os, sys, time
+path = sys.argv[1]
+last = None
+while True:
+    seen = f"mode={os.environ['MODE']} password={open(path).read()}"
+    if seen != last:
+        print(seen, flush=True)
+        last = seen
+    time.sleep(0.2)
+"""
+
+
+def test_pod_sees_secret_volume_and_config_map_env_and_follows_secret_changes(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    manifest = {
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+             "stringData": {"password": "s3cret", "unused": "x"}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": "fast"}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader"}, "spec": {
+                "terminationGracePeriodSeconds": 2,
+                "volumes": [{"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400,
+                                                         "items": [{"key": "password", "path": "pw.txt"}]}}],
+                "containers": [{
+                    "name": "reader", "image": "python:3.11",
+                    "command": ["python", "-c", SETTINGS_SCRIPT, "/etc/creds/pw.txt"],
+                    "env": [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}],
+                    "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds", "readOnly": True}],
+                }],
+            }},
+        ],
+    }
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    eventually(lambda: "mode=fast password=s3cret" in local_runtime.logs(namespace, "reader", "reader"),
+               "the Pod read the Secret file and the ConfigMap env var", 30)
+    directory = local_runtime.pod_directory(namespace, "reader")
+    assert directory is not None
+    secret_file = directory / "containers" / "reader" / "root" / "etc" / "creds" / "pw.txt"
+    assert secret_file.stat().st_mode & 0o777 == 0o400
+    assert sorted(p.name for p in (directory / "volumes" / "creds").iterdir() if not p.name.startswith("..")) == [
+        "pw.txt"]
+
+    kube_cluster.kubectl("patch", "secret", "creds", "-n", namespace, "-p", '{"stringData": {"password": "n3w"}}')
+    eventually(lambda: "mode=fast password=n3w" in local_runtime.logs(namespace, "reader", "reader"),
+               "the running Pod saw the Secret's new value in its file", 30)
+
+
+POSTGRES = """
+apiVersion: v1
+kind: Secret
+metadata: {name: db-credentials}
+stringData: {password: pg-s3cret}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: postgres, port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+        - name: postgres
+          image: docker.io/library/postgres:17
+          env:
+            - {name: POSTGRES_USER, value: opsmgr}
+            - {name: POSTGRES_DB, value: operational}
+            - {name: POSTGRES_PASSWORD, valueFrom: {secretKeyRef: {name: db-credentials, key: password}}}
+            - {name: PGDATA, value: /var/lib/postgresql/data/pgdata}
+          ports: [{name: postgres, containerPort: 5432}]
+          readinessProbe:
+            exec: {command: [pg_isready, -U, opsmgr, -h, localhost, -p, "5432"]}
+            periodSeconds: 1
+          volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"""
+
+
+async def test_postgres_statefulset_is_ready_and_accepts_asyncpg_at_its_service_name(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    begun = time.monotonic()
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=POSTGRES)
+    running = ready_pod(kube_cluster, namespace, "db-0", timeout=120)
+    ready_after = time.monotonic() - begun
+    service = f"db.{namespace}.svc"
+    eventually(lambda: _resolves(service), f"{service} resolves", 30)
+    connection = await asyncpg.connect(host=service, port=5432, user="opsmgr", password="pg-s3cret",
+                                       database="operational", timeout=10)
+    try:
+        assert await connection.fetchval("SELECT current_database()") == "operational"
+    finally:
+        await connection.close()
+    assert socket.gethostbyname(service) == running["status"]["podIP"]
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(host=service, port=5432, user="opsmgr", password="wrong", database="operational",
+                              timeout=10)
+    pid = pid_of(running, "postgres")
+    kube_cluster.kubectl("delete", "statefulset", "db", "-n", namespace)
+    eventually(lambda: not alive(pid), "PostgreSQL stopped with its StatefulSet", 60)
+    print(f"PostgreSQL StatefulSet Ready {ready_after:.1f} s after apply")
+
+
+def _resolves(name: str) -> bool:
+    try:
+        socket.gethostbyname(name)
+    except OSError:
+        return False
+    return True
+
+
+def test_init_container_sidecar_and_app_run_in_order_and_the_pod_succeeds(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ordered"}, "spec": {
+        "restartPolicy": "Never", "terminationGracePeriodSeconds": 2,
+        "volumes": [{"name": "work", "emptyDir": {}}],
+        "initContainers": [
+            {"name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo prepared > /work/order"],
+             "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+            {"name": "sidecar", "image": "busybox", "restartPolicy": "Always",
+             "command": ["sh", "-c", "echo sidecar >> /work/order; exec sleep 100000"],
+             "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+        ],
+        "containers": [
+            {"name": "app", "image": "busybox",
+             "command": ["sh", "-c", "sleep 0.5; echo app >> /work/order; cat /work/order"],
+             "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+        ],
+    }}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    done = eventually(lambda: (p := pod(kube_cluster, namespace, "ordered"))
+                      and p.get("status", {}).get("phase") == "Succeeded" and p, "the Pod Succeeded", 60)
+    assert local_runtime.logs(namespace, "ordered", "app").split() == ["prepared", "sidecar", "app"]
+    sidecar = next(s for s in done["status"]["initContainerStatuses"] if s["name"] == "sidecar")
+    assert "terminated" in sidecar["state"], "the sidecar is stopped once the app container finished"
+
+
+def test_failing_container_restarts_with_backoff_and_reports_exit_codes(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"}, "spec": {
+        "restartPolicy": "OnFailure",
+        "containers": [{"name": "crash", "image": "busybox", "command": ["sh", "-c", "exit 3"]}],
+    }}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+    def restarted_twice() -> dict[str, Any] | None:
+        found = pod(kube_cluster, namespace, "crasher")
+        statuses = (found or {}).get("status", {}).get("containerStatuses") or []
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
+
+    status = eventually(restarted_twice, "the failing container was restarted twice", 30)
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+
+
+def test_stopping_the_runtime_stops_its_processes_and_removes_its_host_entries(
+        kube_cluster: LocalCluster, namespace: str) -> None:
+    hosts = Path(tempfile.mkdtemp(prefix="opsmgr-hosts-")) / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    root = Path(tempfile.mkdtemp(prefix="opsmgr-runtime-"))
+    runtime = RuntimeThread(RuntimeSettings(kubeconfig=kube_cluster.kubeconfig, root=root, namespaces={namespace},
+                                            hosts_file=hosts, node_name="local-shutdown-test")).start()
+    try:
+        manifest = {"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sleeper"},
+             "spec": {"selector": {"app": "sleeper"}, "ports": [{"port": 80}]}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper", "labels": {"app": "sleeper"}},
+             "spec": {"containers": [{"name": "sleep", "image": "busybox",
+                                      "command": ["sh", "-c", "sleep 100000 & exec sleep 100000"]}]}},
+        ]}
+        kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+        running = ready_pod(kube_cluster, namespace, "sleeper")
+        leader = pid_of(running, "sleep")
+        eventually(lambda: f"sleeper.{namespace}.svc" in hosts.read_text(), "the Service got a host entry", 30)
+    finally:
+        runtime.stop()
+        kube_cluster.kubectl("delete", "node", "local-shutdown-test", "--ignore-not-found")
+        shutil.rmtree(root, ignore_errors=True)
+    assert not alive(leader)
+    assert not any(alive(int(p)) for p in os.listdir("/proc") if p.isdigit() and _in_group(int(p), leader))
+    assert hosts.read_text() == "127.0.0.1 localhost\n"
+
+
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except ProcessLookupError:
+        return False
