@@ -138,13 +138,17 @@ class AgentSession:
         if raw is aio.EOF:
             return None
         assert isinstance(raw, bytes)
-        if len(raw) > MAX_MESSAGE_BYTES:
-            raise _Malformed(Refusal("MessageTooLarge", f"a message of {len(raw)} bytes exceeds the limit of "
-                                                        f"{MAX_MESSAGE_BYTES}: form smaller batches"))
         try:
-            return pb.AgentMessage.FromString(raw)
+            message = pb.AgentMessage.FromString(raw)
         except DecodeError as exc:
             raise _Malformed(Refusal("Malformed", f"a message is not an AgentMessage ({exc})")) from None
+        if len(raw) > MAX_MESSAGE_BYTES:
+            too_large = Refusal("MessageTooLarge", f"a message of {len(raw)} bytes exceeds the limit of "
+                                                   f"{MAX_MESSAGE_BYTES}: form smaller batches")
+            if message.WhichOneof("body") != "batch":
+                raise _Malformed(too_large)
+            raise _Oversized(too_large, message.batch)
+        return message
 
     async def _converse(self) -> Closing | None:
         try:
@@ -199,6 +203,9 @@ class AgentSession:
         while True:
             try:
                 message = await self._read()
+            except _Oversized as big:
+                await self._reject(big.batch, big.refusal)
+                continue
             except _Malformed as bad:
                 # An undecodable message leaves no batch to reject; the stream cannot be trusted to be in step.
                 return Closing(grpc.StatusCode.INVALID_ARGUMENT, bad.refusal)
@@ -228,12 +235,7 @@ class AgentSession:
             batch = to_batch(self.agent, wire)
             owed = owed_databases(batch, wire)
         except InvalidBatch as exc:
-            refusal = Refusal("InvalidBatch", str(exc))
-            self.refuse(refusal, what="batch")
-            self.metrics.acks.labels("all", "rejected").inc()
-            await self._outbox.put(pb.ServerMessage(ack=pb.Ack(
-                epoch=wire.epoch, seq=wire.seq, database=pb.DATABASE_UNSPECIFIED, outcome=pb.Ack.OUTCOME_REJECTED,
-                reason=refusal.message)))
+            await self._reject(wire, Refusal("InvalidBatch", str(exc)))
             return
         await self._inflight.acquire()
         pending: dict[Database, asyncio.Future[CommitResult]] = {}
@@ -255,6 +257,14 @@ class AgentSession:
         task = asyncio.create_task(self._acknowledge(batch, pending, deferred))
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_tasks.discard)
+
+    async def _reject(self, wire: pb.DataBatch, refusal: Refusal) -> None:
+        """The batch itself is bad: REJECTED for every database, so the agent drops it; the stream goes on."""
+        self.refuse(refusal, what="batch")
+        self.metrics.acks.labels("all", "rejected").inc()
+        await self._outbox.put(pb.ServerMessage(ack=pb.Ack(
+            epoch=wire.epoch[:64], seq=wire.seq, database=pb.DATABASE_UNSPECIFIED, outcome=pb.Ack.OUTCOME_REJECTED,
+            reason=refusal.message)))
 
     async def _acknowledge(self, batch: Batch, pending: Mapping[Database, asyncio.Future[CommitResult]],
                            deferred: list[Database]) -> None:
@@ -299,6 +309,12 @@ class _Malformed(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
+
+
+class _Oversized(_Malformed):
+    def __init__(self, refusal: Refusal, batch: pb.DataBatch) -> None:
+        super().__init__(refusal)
+        self.batch = batch
 
 
 def _queue(status: pb.QueueStatus) -> QueueReport:

@@ -53,8 +53,8 @@ class AgentStream:
     async def send(self, message: pb.AgentMessage | bytes) -> None:
         await self.call.write(message if isinstance(message, bytes) else message.SerializeToString())
 
-    async def receive(self, timeout: float = 20) -> pb.ServerMessage | None:
-        reply = await asyncio.wait_for(self.call.read(), timeout)
+    async def receive(self, within: float = 20) -> pb.ServerMessage | None:
+        reply = await asyncio.wait_for(self.call.read(), within)
         return None if reply is aio.EOF else reply
 
     async def hello(self, agent: str = "", *, min_version: int = MIN_VERSION, max_version: int = MAX_VERSION,
@@ -65,11 +65,11 @@ class AgentStream:
         assert reply is not None and reply.WhichOneof("body") == "welcome", reply
         return reply.welcome
 
-    async def acks_until(self, count: int, timeout: float = 30) -> list[pb.Ack]:
+    async def acks_until(self, count: int, within: float = 30) -> list[pb.Ack]:
         acks: list[pb.Ack] = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while len(acks) < count:
-                reply = await self.receive(timeout)
+                reply = await self.receive(within)
                 assert reply is not None, "the stream ended before every ack arrived"
                 if reply.WhichOneof("body") == "ack":
                     acks.append(reply.ack)
@@ -133,7 +133,7 @@ class ItemFactory:
         return items
 
 
-def owed(batch: pb.DataBatch) -> frozenset[int]:
+def owed(batch: pb.DataBatch) -> frozenset[pb.Database]:
     """The databases that must ack `batch`: events, performance and state go to both, the rest to operational."""
     both = any(item.WhichOneof("kind") in ("event", "performance", "state") for item in batch.items)
     return frozenset({OPERATIONAL, WAREHOUSE}) if both else frozenset({OPERATIONAL})
@@ -142,7 +142,7 @@ def owed(batch: pb.DataBatch) -> frozenset[int]:
 @dataclass
 class QueuedBatch:
     batch: pb.DataBatch
-    owed: set[int]
+    owed: set[pb.Database]
     not_before: float = 0.0  # loop time before which a DEFERRED database is not worth replaying
 
 
@@ -159,11 +159,13 @@ class ReplayingAgent:
     streams_opened: int = 0
     rejected: list[pb.Ack] = field(default_factory=list)
     deferred: int = 0
+    history: list[pb.DataBatch] = field(default_factory=list)  # every batch ever formed, for replay tests
 
-    def new_batch(self, lane: int, size: int) -> QueuedBatch:
+    def new_batch(self, lane: pb.Lane, size: int) -> QueuedBatch:
         items = self.items.priority(size) if lane == pb.LANE_PRIORITY else self.items.bulk(size)
         batch = pb.DataBatch(epoch=self.epoch, seq=self.next_seq, lane=lane, items=items)
         self.next_seq += 1
+        self.history.append(batch)
         queued = QueuedBatch(batch, set(owed(batch)))
         self.queue[(batch.epoch, batch.seq)] = queued
         return queued
@@ -196,7 +198,7 @@ class ReplayingAgent:
             stream = AgentStream(chan)
             self.streams_opened += 1
             await stream.hello(epoch=self.epoch)
-            sent: dict[tuple[str, int], set[int]] = {}
+            sent: dict[tuple[str, int], set[pb.Database]] = {}
             created = 0
             reader = asyncio.create_task(self._read_acks(stream, sent))
             try:
@@ -215,7 +217,7 @@ class ReplayingAgent:
                         await asyncio.sleep(0.05)
                         continue
                     while len(sent) >= window and not reader.done():
-                        await asyncio.sleep(0.005)
+                        await asyncio.wait([reader], timeout=0.005)
                     if reader.done():
                         return reader.result()
                     queued = replay[0]
@@ -229,9 +231,9 @@ class ReplayingAgent:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read_acks(self, stream: AgentStream, sent: dict[tuple[str, int], set[int]]) -> None:
+    async def _read_acks(self, stream: AgentStream, sent: dict[tuple[str, int], set[pb.Database]]) -> None:
         while True:
-            reply = await stream.receive(timeout=600)
+            reply = await stream.receive(within=600)
             if reply is None:
                 return
             if reply.WhichOneof("body") != "ack":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ import asyncpg
 import psutil
 import pytest
 import yaml
+from cryptography import x509
 
 from opsmgr.dev.postgres import LocalPostgres, free_port
 from opsmgr.pki import (
@@ -38,7 +39,8 @@ from opsmgr.pki import (
     issue_with_new_key,
 )
 from opsmgr.pki.pem import certificate_pem
-from tests.integration.server.client import TARGET_NAME, Credentials
+from tests.conftest import scratch_database
+from tests.integration.server.client import Credentials
 
 GROUP = "contoso"
 SERVER_NAMES = ManagementServerNames(group=GROUP, namespace="opsmgr", statefulset="ms", headless_service="ms-hl",
@@ -105,19 +107,12 @@ def resume(server: LocalPostgres) -> None:
 
 @pytest.fixture
 async def warehouse_dsn(warehouse_server: LocalPostgres) -> AsyncIterator[str]:
-    name = f"wh_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(warehouse_server.dsn())
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield warehouse_server.dsn(name)
-    resume(warehouse_server)
-    admin = await asyncpg.connect(warehouse_server.dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    resume(warehouse_server)  # a failed test may have left it frozen
+    async with scratch_database(warehouse_server, "wh") as dsn:
+        try:
+            yield dsn
+        finally:
+            resume(warehouse_server)
 
 
 @dataclass
@@ -158,8 +153,6 @@ class ServerProcess:
 
     def healthz(self) -> dict[str, Any] | None:
         try:
-            import urllib.request
-
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2) as reply:
                 return dict(json.loads(reply.read()))
         except OSError as exc:
@@ -167,8 +160,6 @@ class ServerProcess:
             return dict(json.loads(body())) if callable(body) and getattr(exc, "code", None) == 503 else None
 
     def metrics(self) -> str:
-        import urllib.request
-
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
             return str(reply.read().decode())
 
@@ -190,8 +181,6 @@ class ServerProcess:
         return int(psutil.Process(self.process.pid).memory_info().rss)
 
     def revoke(self, credentials: Credentials) -> None:
-        from cryptography import x509
-
         certificate = x509.load_pem_x509_certificate(credentials.certificate_pem)
         self.revocations = self.revocations.revoke(certificate, RevocationReason.KEY_COMPROMISE, datetime.now(UTC),
                                                    certificate.subject.rfc4514_string())

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.integration.server.client import AgentStream, ReplayingAgent, channel
-from tests.integration.server.conftest import Pki, ServerProcess, count_rows
 from opsmgr.protocol import agent_channel_pb2 as pb
+from tests.integration.server.client import WAREHOUSE, AgentStream, ReplayingAgent, channel, owed
+from tests.integration.server.conftest import AGENTS, Pki, ServerProcess, count_rows
 
 OPERATIONAL_KINDS = ("event", "performance", "state", "alert", "discovery")
-WAREHOUSE_KINDS = ("event", "performance", "state", "alert")  # alerts by the periodic sync
+WAREHOUSE_KINDS = ("event", "performance", "state", "alert")  # alerts by the server's periodic sync
 
 
-async def wait_for_alert_sync(dsn: str, expected: int, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
+async def alerts_synced(dsn: str, expected: int, polls: int = 150) -> None:
+    """Wait (up to polls x 0.2 s) until the server's alert sync copied `expected` alerts to the warehouse."""
+    for _ in range(polls):
         if (await count_rows(dsn)).get("alert", (0, 0))[0] >= expected:
             return
         await asyncio.sleep(0.2)
+
+
+async def assert_exactly_once(generated: dict[str, set[str]], operational_dsn: str, warehouse_dsn: str) -> None:
+    expected = {kind: (len(keys), len(keys)) for kind, keys in generated.items()}
+    operational = await count_rows(operational_dsn)
+    assert {kind: operational[kind] for kind in OPERATIONAL_KINDS} == expected
+    await alerts_synced(warehouse_dsn, len(generated["alert"]))
+    warehouse = await count_rows(warehouse_dsn)
+    assert {kind: warehouse[kind] for kind in WAREHOUSE_KINDS} == {kind: expected[kind] for kind in WAREHOUSE_KINDS}
+    assert "discovery" not in warehouse, "discovery belongs to the operational DB alone"
 
 
 async def test_every_item_kind_lands_in_its_databases_exactly_once(
@@ -25,20 +35,49 @@ async def test_every_item_kind_lands_in_its_databases_exactly_once(
     agent = ReplayingAgent(running_server.agent_port, pki.agent())
     await asyncio.wait_for(agent.run_session(new_batches=40), timeout=60)
     assert not agent.queue and not agent.rejected
-    # Sent again on purpose: every database answers ALREADY_COMMITTED and nothing doubles.
-    replay = ReplayingAgent(running_server.agent_port, pki.agent(), epoch=agent.epoch)
+    await assert_exactly_once(agent.items.generated, postgres_dsn, warehouse_dsn)
+
+
+async def test_a_replayed_batch_is_acknowledged_as_already_committed_per_database(
+        running_server: ServerProcess, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
+    agent = ReplayingAgent(running_server.agent_port, pki.agent())
+    await asyncio.wait_for(agent.run_session(new_batches=10), timeout=60)
     async with channel(running_server.agent_port, pki.agent()) as chan:
         stream = AgentStream(chan)
         await stream.hello()
-        await stream.send(pb.AgentMessage(batch=pb.DataBatch(epoch=agent.epoch, seq=0, lane=pb.LANE_BULK,
-                                                             items=agent.items.bulk(0))))
-    del replay
-    generated = {kind: len(keys) for kind, keys in agent.items.generated.items()}
-    operational = await count_rows(postgres_dsn)
-    for kind in OPERATIONAL_KINDS:
-        assert operational[kind] == (generated[kind], generated[kind]), kind
-    await wait_for_alert_sync(warehouse_dsn, generated["alert"])
-    warehouse = await count_rows(warehouse_dsn)
-    for kind in WAREHOUSE_KINDS:
-        assert warehouse[kind] == (generated[kind], generated[kind]), kind
-    assert "discovery" not in warehouse
+        for batch in reversed(agent.history):  # replay order does not matter
+            await stream.send(pb.AgentMessage(batch=batch))
+        acks = await stream.acks_until(sum(len(owed(batch)) for batch in agent.history))
+    assert {ack.outcome for ack in acks} == {pb.Ack.OUTCOME_ALREADY_COMMITTED}
+    assert {(ack.seq, ack.database) for ack in acks} == {
+        (batch.seq, database) for batch in agent.history for database in owed(batch)}
+    await assert_exactly_once(agent.items.generated, postgres_dsn, warehouse_dsn)
+
+
+async def test_a_replay_naming_the_warehouse_alone_is_written_there_alone(
+        running_server: ServerProcess, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
+    agent = ReplayingAgent(running_server.agent_port, pki.agent())
+    batch = agent.new_batch(pb.LANE_BULK, 10).batch
+    batch.databases[:] = [WAREHOUSE]
+    async with channel(running_server.agent_port, pki.agent()) as chan:
+        stream = AgentStream(chan)
+        await stream.hello()
+        await stream.send(pb.AgentMessage(batch=batch))
+        [ack] = await stream.acks_until(1)
+    assert (ack.database, ack.outcome) == (WAREHOUSE, pb.Ack.OUTCOME_COMMITTED)
+    assert (await count_rows(postgres_dsn))["event"] == (0, 0)
+    assert (await count_rows(warehouse_dsn))["event"] == (5, 5)
+
+
+async def test_agents_stream_concurrently_and_their_batches_share_transactions(
+        running_server: ServerProcess, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
+    agents = [ReplayingAgent(running_server.agent_port, pki.agent(name)) for name in AGENTS[:3]]
+    await asyncio.wait_for(asyncio.gather(*(a.run_session(new_batches=30, window=8) for a in agents)), timeout=90)
+    generated: dict[str, set[str]] = {}
+    for agent in agents:
+        for kind, keys in agent.items.generated.items():
+            generated.setdefault(kind, set()).update(keys)
+    await assert_exactly_once(generated, postgres_dsn, warehouse_dsn)
+    metrics = running_server.metrics()
+    assert 'opsmgr_acks_total{database="operational",outcome="committed"} 90.0' in metrics
+    assert "opsmgr_batches_per_transaction_bucket" in metrics
