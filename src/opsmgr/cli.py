@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certimport": ("opsmgr.pki.cli:certimport", "Import an agent's or gateway's certificate and key (PEM or PKCS#12)."),
     "db": ("opsmgr.db.cli:db", "Schema migrations for the OperationalDB and the DataWarehouse."),
     "server": ("opsmgr.server.cli:server", "Run a management server: agent channel on 5723, ingest, /metrics."),
+    "agent": ("opsmgr.agent.cli:agent", "Run an agent: durable queue, stream to its management servers, heartbeats."),
 }
 
 
