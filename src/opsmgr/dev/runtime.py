@@ -425,7 +425,13 @@ class PodWorker:
                 grace = min(grace, self.runtime.settings.shutdown_grace)
             self.stop_deadline = time.monotonic() + grace
         # Sidecars stopped last still get a moment, as the kubelet gives them at least 2 s.
-        remaining = max(2.0 if name in self._sidecars() else 0.0, self.stop_deadline - time.monotonic())
+        floor = 2.0 if name in self._sidecars() else 0.0
+        pre_stop = (self.containers[name].get("lifecycle") or {}).get("preStop")
+        if pre_stop:
+            remaining = max(floor, self.stop_deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._run_handler(name, entry, pre_stop, remaining), remaining)
+        remaining = max(floor, self.stop_deadline - time.monotonic())
         stop_signal = signal.SIGINT if entry.plan.postgres else signal.SIGTERM  # the image's STOPSIGNAL
         with contextlib.suppress(ProcessLookupError):
             entry.process.send_signal(stop_signal)
@@ -454,7 +460,7 @@ class PodWorker:
         await asyncio.sleep(timing.initial_delay)
         while not entry.exited.is_set():
             if kind == "startupProbe" or run.started:
-                success = await self._probe_once(name, entry, probe, timing.timeout)
+                success = await self._run_handler(name, entry, probe, timing.timeout)
                 changed = verdict.record(success)
                 if kind == "startupProbe" and verdict.passing:
                     run.started = True
@@ -472,26 +478,30 @@ class PodWorker:
                     return
             await asyncio.sleep(timing.period)
 
-    async def _probe_once(self, name: str, entry: _Process, probe: dict[str, Any], limit: float) -> bool:
-        container = self.containers[name]
+    async def _run_handler(self, name: str, entry: _Process, probe: dict[str, Any], limit: float) -> bool:
+        """One probe or lifecycle hook action (exec, httpGet, tcpSocket, grpc, sleep); whether it succeeded."""
         try:
-            if "exec" in probe:
-                return await _exec_probe(entry.plan.command(probe["exec"].get("command") or []), entry.plan,
-                                         limit)
-            if "httpGet" in probe:
-                http = probe["httpGet"]
-                return await _http_probe(http.get("host") or self.pod_ip, probe_port(http["port"], container),
-                                         http, limit)
-            if "tcpSocket" in probe:
-                tcp = probe["tcpSocket"]
-                return await _tcp_probe(tcp.get("host") or self.pod_ip, probe_port(tcp["port"], container),
-                                        limit)
-            if "grpc" in probe:
-                return await _grpc_probe(self.pod_ip, int(probe["grpc"]["port"]), probe["grpc"].get("service", ""),
-                                         limit)
+            return await self._act(self.containers[name], entry, probe, limit)
         except (OSError, ValueError, TimeoutError) as exc:
-            log.debug("pod %s/%s: probe of %s failed: %s", self.namespace, self.name, name, exc)
+            log.debug("pod %s/%s: probe or hook of %s failed: %s", self.namespace, self.name, name, exc)
             return False
+
+    async def _act(self, container: dict[str, Any], entry: _Process, action: dict[str, Any], limit: float) -> bool:
+        if "sleep" in action:
+            await asyncio.sleep(min(limit, float(action["sleep"].get("seconds", 0))))
+            return True
+        if "exec" in action:
+            return await _exec_probe(entry.plan.command(action["exec"].get("command") or []), entry.plan, limit)
+        if "httpGet" in action:
+            http = action["httpGet"]
+            return await _http_probe(http.get("host") or self.pod_ip, probe_port(http["port"], container), http,
+                                     limit)
+        if "tcpSocket" in action:
+            tcp = action["tcpSocket"]
+            return await _tcp_probe(tcp.get("host") or self.pod_ip, probe_port(tcp["port"], container), limit)
+        if "grpc" in action:
+            grpc_action = action["grpc"]
+            return await _grpc_probe(self.pod_ip, int(grpc_action["port"]), grpc_action.get("service", ""), limit)
         return False
 
 

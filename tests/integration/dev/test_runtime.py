@@ -356,3 +356,28 @@ def _in_group(pid: int, group: int) -> bool:
         return os.getpgid(pid) == group
     except ProcessLookupError:
         return False
+
+
+def test_wildcard_bind_becomes_the_pod_ip_http_probe_makes_it_ready_and_pre_stop_runs(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    marker = Path(tempfile.mkdtemp(prefix="opsmgr-prestop-"))
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": {
+        "terminationGracePeriodSeconds": 5,
+        "volumes": [{"name": "marker", "hostPath": {"path": str(marker)}}],
+        "containers": [{
+            "name": "web", "image": "python:3.11", "command": ["python", "-m", "http.server", "8080"],
+            "args": ["--bind", "0.0.0.0"],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /marker/pre-stop"]}}},
+            "volumeMounts": [{"name": "marker", "mountPath": "/marker"}],
+        }],
+    }}
+    try:
+        kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+        address = ready_pod(kube_cluster, namespace, "web")["status"]["podIP"]
+        with socket.create_connection((address, 8080), timeout=5):
+            pass  # the server bound the pod IP, not every address
+        kube_cluster.kubectl("delete", "pod", "web", "-n", namespace, "--timeout=30s")
+        assert (marker / "pre-stop").read_text() == "stopping\n"
+    finally:
+        shutil.rmtree(marker, ignore_errors=True)
