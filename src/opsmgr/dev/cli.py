@@ -143,9 +143,10 @@ def demo(exit_when_ready: bool) -> None:
               help="Where Pod directories (volumes, logs) and claimed volumes live.")
 @click.option("--hosts-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("/etc/hosts"),
               show_default=True, help="Hosts file that gets the Service and Pod names (a managed block).")
+@click.option("--node-name", default="local", show_default=True, help="Name of the Node this runtime registers.")
 @click.option("--verbose", "-v", is_flag=True, help="Log each process start and exit.")
 def runtime(*, kubeconfig: Path, namespaces: tuple[str, ...], all_namespaces: bool, root: Path, hosts_file: Path,
-            verbose: bool) -> None:
+            node_name: str, verbose: bool) -> None:
     """Play the kubelet: register Node `local` and run the Pods of the namespaces as local processes."""
     # Imported here: kubernetes_asyncio is slow to import and only this command needs it.
     from opsmgr.dev.runtime import LocalRuntime, RuntimeSettings  # noqa: PLC0415
@@ -155,7 +156,7 @@ def runtime(*, kubeconfig: Path, namespaces: tuple[str, ...], all_namespaces: bo
                                "or pass --all-namespaces")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    local = LocalRuntime(RuntimeSettings(kubeconfig=kubeconfig, root=root, hosts_file=hosts_file,
+    local = LocalRuntime(RuntimeSettings(kubeconfig=kubeconfig, root=root, hosts_file=hosts_file, node_name=node_name,
                                          namespaces=None if all_namespaces else set(namespaces)))
 
     async def serve() -> None:
@@ -165,7 +166,7 @@ def runtime(*, kubeconfig: Path, namespaces: tuple[str, ...], all_namespaces: bo
         runner = asyncio.create_task(local.run())
         await loop.run_in_executor(None, local.ready.wait)
         if not runner.done():
-            click.echo(f"local runtime serving node `local`, pod addresses {local.claim.network}, "
+            click.echo(f"local runtime serving node `{node_name}`, pod addresses {local.claim.network}, "
                        f"Pod directories in {root}; Ctrl-C stops it and every process it started")
         await runner
 

@@ -8,7 +8,8 @@ writes status. Use `opsmgr dev runtime` or the `local_runtime` pytest fixture.
 
 Processes never outlive the runtime: each container is a process-group leader started through `setpriv
 --pdeathsig KILL` (the kernel kills it when the runtime's thread dies), its group is SIGKILLed when the leader
-exits (as a container's PID namespace would be), and shutdown stops every group.
+exits (as a container's PID namespace would be), shutdown stops every group, and a reaper process
+(`runtime_reaper`) SIGKILLs the groups of a runtime that died without shutting down.
 """
 
 from __future__ import annotations
@@ -388,6 +389,7 @@ class PodWorker:
                 *self.runtime.pdeathsig_prefix, program, *plan.argv[1:], stdin=asyncio.subprocess.DEVNULL,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, env=plan.env, cwd=plan.cwd, start_new_session=True)
         run.record_start(process.pid, _now())
+        self.runtime.track_group(process.pid, running=True)
         container = self.containers[name]
         run.started = "startupProbe" not in container
         run.ready = run.started and "readinessProbe" not in container
@@ -404,6 +406,7 @@ class PodWorker:
     async def _watch_exit(self, name: str, entry: _Process) -> None:
         returncode = await entry.process.wait()
         _kill_group(entry.process.pid, signal.SIGKILL)  # what is left of the container dies with its main process
+        self.runtime.track_group(entry.process.pid, running=False)
         mono = time.monotonic()
         for task in entry.tasks:
             if task is not asyncio.current_task():
@@ -491,7 +494,8 @@ class PodWorker:
             await asyncio.sleep(min(limit, float(action["sleep"].get("seconds", 0))))
             return True
         if "exec" in action:
-            return await _exec_probe(entry.plan.command(action["exec"].get("command") or []), entry.plan, limit)
+            return await _exec_probe(entry.plan.command(action["exec"].get("command") or []), entry.plan, limit,
+                                     self.runtime.pdeathsig_prefix)
         if "httpGet" in action:
             http = action["httpGet"]
             return await _http_probe(http.get("host") or self.pod_ip, probe_port(http["port"], container), http,
@@ -515,12 +519,12 @@ def _kill_group(pgid: int, sig: signal.Signals) -> None:
             os.killpg(pgid, sig)
 
 
-async def _exec_probe(argv: list[str], plan: LaunchPlan, limit: float) -> bool:
+async def _exec_probe(argv: list[str], plan: LaunchPlan, limit: float, prefix: list[str]) -> bool:
     program = shutil.which(argv[0], path=plan.env["PATH"]) if argv and "/" not in argv[0] else (argv or [""])[0]
     if not program:
         return False
     process = await asyncio.create_subprocess_exec(
-        program, *argv[1:], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *prefix, program, *argv[1:], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL, env=plan.env, cwd=plan.cwd, start_new_session=True)
     try:
         return await asyncio.wait_for(process.wait(), limit) == 0
@@ -593,6 +597,7 @@ class LocalRuntime:
         self.api_address = ("127.0.0.1", 443)
         self.pdeathsig_prefix: list[str] = []
         self._api: kube.ApiClient | None = None
+        self._reaper: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts_dirty = asyncio.Event()
         self._stop_requested: asyncio.Event | None = None
@@ -653,6 +658,10 @@ class LocalRuntime:
         self.settings.root.mkdir(parents=True, exist_ok=True)
         self.settings.root.chmod(0o755)
         self.pdeathsig_prefix = _pdeathsig_prefix()
+        # Its own session: a Ctrl-C at the terminal reaches the runtime, which stops Pods; the reaper stays.
+        self._reaper = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "opsmgr.dev.runtime_reaper", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         self._api = await new_client_from_config(config_file=str(self.settings.kubeconfig))
         server = urlsplit(self._api.configuration.host)
         self.api_address = (str(server.hostname or "127.0.0.1"), server.port or 443)
@@ -683,6 +692,10 @@ class LocalRuntime:
                 await asyncio.wait_for(done, self.settings.shutdown_grace + 5)
         for worker in list(self.workers.values()):
             worker.kill_now()
+        if self._reaper is not None and self._reaper.stdin is not None:
+            self._reaper.stdin.close()  # end of input: the reaper kills whatever is still listed, then exits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reaper.wait(), 10)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -694,6 +707,11 @@ class LocalRuntime:
                 await self._node_status(ready=False)
             await self._api.close()
         self.claim.release()
+
+    def track_group(self, pgid: int, *, running: bool) -> None:
+        """Tell the reaper about a container's process group, so a runtime that dies still leaves nothing."""
+        if self._reaper is not None and self._reaper.stdin is not None and not self._reaper.stdin.is_closing():
+            self._reaper.stdin.write(f"{'+' if running else '-'}{pgid}\n".encode())
 
     # --- node ---
 

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -381,3 +383,35 @@ def test_wildcard_bind_becomes_the_pod_ip_http_probe_makes_it_ready_and_pre_stop
         assert (marker / "pre-stop").read_text() == "stopping\n"
     finally:
         shutil.rmtree(marker, ignore_errors=True)
+
+
+def test_a_killed_runtime_leaves_no_process_behind(kube_cluster: LocalCluster, namespace: str) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="opsmgr-runtime-cli-"))
+    (scratch / "hosts").write_text("")
+    node = "local-kill-test"
+    command = [str(Path(os.environ.get("VIRTUAL_ENV", Path(sys.executable).parent.parent)) / "bin" / "opsmgr"),
+               "dev", "runtime", "--kubeconfig", str(kube_cluster.kubeconfig), "--namespace", namespace,
+               "--root", str(scratch / "root"), "--hosts-file", str(scratch / "hosts"), "--node-name", node]
+    runtime = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert runtime.stdout is not None
+        assert "local runtime serving" in runtime.stdout.readline()
+        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "forker"}, "spec": {"containers": [{
+            "name": "forker", "image": "busybox",
+            "command": ["sh", "-c", "sleep 100000 & echo child $!; exec sleep 100001"]}]}}
+        kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+        leader = pid_of(ready_pod(kube_cluster, namespace, "forker"), "forker")
+        logs = next((scratch / "root" / "pods").glob(f"{namespace}_forker_*")) / "logs" / "forker" / "0.log"
+        child = int(eventually(lambda: logs.exists() and logs.read_text().split()[-1], "the child's pid", 10))
+        assert alive(leader) and alive(child)
+        runtime.kill()
+        runtime.wait()
+        eventually(lambda: not alive(leader) and not alive(child),
+                   "the container's main process and its child died with the runtime", 15)
+    finally:
+        if runtime.poll() is None:
+            runtime.kill()
+        kube_cluster.kubectl("delete", "pod", "forker", "-n", namespace, "--grace-period=0", "--force",
+                             "--ignore-not-found", check=False)
+        kube_cluster.kubectl("delete", "node", node, "--ignore-not-found")
+        shutil.rmtree(scratch, ignore_errors=True)
