@@ -62,7 +62,8 @@ class AgentStream:
         await self.send(pb.AgentMessage(hello=pb.Hello(min_version=min_version, max_version=max_version, agent=agent,
                                                        agent_version="test", epoch=epoch)))
         reply = await self.receive()
-        assert reply is not None and reply.WhichOneof("body") == "welcome", reply
+        if reply is None or reply.WhichOneof("body") != "welcome":
+            raise ConnectionError(f"no Welcome: {reply}")
         return reply.welcome
 
     async def acks_until(self, count: int, within: float = 30) -> list[pb.Ack]:
@@ -143,7 +144,6 @@ def owed(batch: pb.DataBatch) -> frozenset[pb.Database]:
 class QueuedBatch:
     batch: pb.DataBatch
     owed: set[pb.Database]
-    not_before: float = 0.0  # loop time before which a DEFERRED database is not worth replaying
 
 
 @dataclass
@@ -160,6 +160,8 @@ class ReplayingAgent:
     rejected: list[pb.Ack] = field(default_factory=list)
     deferred: int = 0
     history: list[pb.DataBatch] = field(default_factory=list)  # every batch ever formed, for replay tests
+    # A database that answered DEFERRED gets nothing until this loop time, as a real agent backs off.
+    paused_until: dict[pb.Database, float] = field(default_factory=dict)
 
     def new_batch(self, lane: pb.Lane, size: int) -> QueuedBatch:
         items = self.items.priority(size) if lane == pb.LANE_PRIORITY else self.items.bulk(size)
@@ -186,12 +188,15 @@ class ReplayingAgent:
             queued.owed.clear()
         elif ack.outcome == pb.Ack.OUTCOME_DEFERRED:
             self.deferred += 1
-            queued.not_before = asyncio.get_running_loop().time() + ack.retry_after_ms / 1000
+            self.paused_until[ack.database] = asyncio.get_running_loop().time() + ack.retry_after_ms / 1000
         if not queued.owed:
             del self.queue[(ack.epoch, ack.seq)]
 
+    def sendable(self, queued: QueuedBatch, now: float) -> set[pb.Database]:
+        return {database for database in queued.owed if self.paused_until.get(database, 0.0) <= now}
+
     async def run_session(self, new_batches: int, *, size: int = 20, window: int = 16,
-                          stop_when_settled: bool = True) -> None:
+                          stop_when_settled: bool = True, pace: float = 0.0) -> None:
         """One stream: replay what is owed, interleaved with `new_batches` new ones; returns when the stream breaks
         or (with `stop_when_settled`) when everything sent was acknowledged."""
         async with channel(self.port, self.credentials) as chan:
@@ -200,21 +205,24 @@ class ReplayingAgent:
             await stream.hello(epoch=self.epoch)
             sent: dict[tuple[str, int], set[pb.Database]] = {}
             created = 0
+            next_new = 0.0
             reader = asyncio.create_task(self._read_acks(stream, sent))
             try:
                 while True:
                     now = asyncio.get_running_loop().time()
-                    replay = [q for key, q in self.queue.items() if key not in sent and q.not_before <= now]
-                    if created < new_batches and (not replay or random.random() < 0.5):
+                    replay = [q for key, q in self.queue.items() if key not in sent and self.sendable(q, now)]
+                    due = created < new_batches and now >= next_new
+                    if due and (not replay or random.random() < 0.5):
                         lane = random.choice((pb.LANE_PRIORITY, pb.LANE_BULK))
                         replay.insert(0, self.new_batch(lane, size))
                         created += 1
+                        next_new = now + pace
                     if not replay:
                         if reader.done():
                             return reader.result()
                         if stop_when_settled and created >= new_batches and not self.queue:
                             return None
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(min(0.05, pace) if pace else 0.05)
                         continue
                     while len(sent) >= window and not reader.done():
                         await asyncio.wait([reader], timeout=0.005)
@@ -223,9 +231,10 @@ class ReplayingAgent:
                     queued = replay[0]
                     message = pb.DataBatch()
                     message.CopyFrom(queued.batch)
-                    if queued.owed != owed(queued.batch):
-                        message.databases[:] = sorted(queued.owed)
-                    sent[(message.epoch, message.seq)] = set(queued.owed)
+                    targets = self.sendable(queued, now)
+                    if targets != owed(queued.batch):
+                        message.databases[:] = sorted(targets)
+                    sent[(message.epoch, message.seq)] = targets
                     await stream.send(pb.AgentMessage(batch=message))
             finally:
                 reader.cancel()

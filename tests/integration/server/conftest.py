@@ -5,6 +5,7 @@ The warehouse has a PostgreSQL server of its own, so a test can SIGSTOP it witho
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -213,8 +214,11 @@ def write_directory(path: Path, *, approved: tuple[str, ...] = AGENTS, pending: 
     path.write_text(yaml.safe_dump({"agents": agents, "gateways": [{"fqdn": GATEWAY}]}))
 
 
+MakeServer = Callable[..., ServerProcess]
+
+
 @pytest.fixture
-def make_server(pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> Iterator[Any]:
+def make_server(pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> Iterator[MakeServer]:
     """Builds (not starts) a ServerProcess with its certificate, CA bundle, directory and revocation files."""
     made: list[ServerProcess] = []
 
@@ -249,8 +253,8 @@ def make_server(pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> Iterator[Any
 
 
 @pytest.fixture
-def running_server(make_server: Any) -> ServerProcess:
-    server: ServerProcess = make_server()
+def running_server(make_server: MakeServer) -> ServerProcess:
+    server = make_server()
     server.start()
     return server
 
@@ -271,3 +275,25 @@ async def count_rows(dsn: str) -> dict[str, tuple[int, int]]:
         return counts
     finally:
         await conn.close()
+
+
+OPERATIONAL_KINDS = ("event", "performance", "state", "alert", "discovery")
+WAREHOUSE_KINDS = ("event", "performance", "state", "alert")  # alerts by the server's periodic sync
+
+
+async def alerts_synced(dsn: str, expected: int, polls: int = 150) -> None:
+    """Wait (up to polls x 0.2 s) until the server's alert sync copied `expected` alerts to the warehouse."""
+    for _ in range(polls):
+        if (await count_rows(dsn)).get("alert", (0, 0))[0] >= expected:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def assert_exactly_once(generated: dict[str, set[str]], operational_dsn: str, warehouse_dsn: str) -> None:
+    expected = {kind: (len(keys), len(keys)) for kind, keys in generated.items()}
+    operational = await count_rows(operational_dsn)
+    assert {kind: operational[kind] for kind in OPERATIONAL_KINDS} == expected
+    await alerts_synced(warehouse_dsn, len(generated["alert"]))
+    warehouse = await count_rows(warehouse_dsn)
+    assert {kind: warehouse[kind] for kind in WAREHOUSE_KINDS} == {kind: expected[kind] for kind in WAREHOUSE_KINDS}
+    assert "discovery" not in warehouse, "discovery belongs to the operational DB alone"

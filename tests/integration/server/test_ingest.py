@@ -6,28 +6,7 @@ import asyncio
 
 from opsmgr.protocol import agent_channel_pb2 as pb
 from tests.integration.server.client import WAREHOUSE, AgentStream, ReplayingAgent, channel, owed
-from tests.integration.server.conftest import AGENTS, Pki, ServerProcess, count_rows
-
-OPERATIONAL_KINDS = ("event", "performance", "state", "alert", "discovery")
-WAREHOUSE_KINDS = ("event", "performance", "state", "alert")  # alerts by the server's periodic sync
-
-
-async def alerts_synced(dsn: str, expected: int, polls: int = 150) -> None:
-    """Wait (up to polls x 0.2 s) until the server's alert sync copied `expected` alerts to the warehouse."""
-    for _ in range(polls):
-        if (await count_rows(dsn)).get("alert", (0, 0))[0] >= expected:
-            return
-        await asyncio.sleep(0.2)
-
-
-async def assert_exactly_once(generated: dict[str, set[str]], operational_dsn: str, warehouse_dsn: str) -> None:
-    expected = {kind: (len(keys), len(keys)) for kind, keys in generated.items()}
-    operational = await count_rows(operational_dsn)
-    assert {kind: operational[kind] for kind in OPERATIONAL_KINDS} == expected
-    await alerts_synced(warehouse_dsn, len(generated["alert"]))
-    warehouse = await count_rows(warehouse_dsn)
-    assert {kind: warehouse[kind] for kind in WAREHOUSE_KINDS} == {kind: expected[kind] for kind in WAREHOUSE_KINDS}
-    assert "discovery" not in warehouse, "discovery belongs to the operational DB alone"
+from tests.integration.server.conftest import AGENTS, Pki, ServerProcess, assert_exactly_once, count_rows
 
 
 async def test_every_item_kind_lands_in_its_databases_exactly_once(
