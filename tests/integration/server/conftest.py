@@ -127,6 +127,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     revocations: RevocationSet = field(default_factory=RevocationSet)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -142,7 +143,7 @@ class ServerProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "opsmgr", "server", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
