@@ -1,0 +1,80 @@
+"""DataBatch to db.model.Batch: what a database would refuse is refused here, naming the field and the fix."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from opsmgr.db.model import Alert, Database, Event, InvalidBatch, Lane
+from opsmgr.protocol import agent_channel_pb2 as pb
+from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_STRING_CHARS
+from opsmgr.server.convert import owed_databases, to_batch
+
+AGENT = "web01.contoso.test"
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+def ts() -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(NOW)
+    return value
+
+
+def event(**fields: object) -> pb.Item:
+    values: dict[str, object] = {"logged_at": ts(), "object_key": "Linux.Computer:web01", "channel": "syslog",
+                                 "source": "sshd", "number": 4625, "level": 3, "description": "failed"}
+    values.update(fields)
+    return pb.Item(event=pb.Event(**values))  # type: ignore[arg-type]
+
+
+def alert() -> pb.Item:
+    return pb.Item(alert=pb.Alert(raised_at=ts(), object_key="k", source="s", name="n", severity=2, priority=1))
+
+
+def batch(*items: pb.Item, lane: pb.Lane = pb.LANE_BULK, epoch: str | None = None) -> pb.DataBatch:
+    return pb.DataBatch(epoch=epoch or str(uuid.uuid4()), seq=7, lane=lane, items=items)
+
+
+def test_a_bulk_batch_becomes_the_writers_model_with_aware_times() -> None:
+    wire = batch(event())
+    converted = to_batch(AGENT, wire)
+    assert (converted.agent, converted.seq, converted.lane) == (AGENT, 7, Lane.BULK)
+    assert converted.items == (Event(NOW, "Linux.Computer:web01", "syslog", "sshd", 4625, 3, "failed"),)  # type: ignore[arg-type]
+    assert owed_databases(converted, wire) == {Database.OPERATIONAL, Database.WAREHOUSE}
+
+
+def test_a_priority_batch_of_alerts_is_owed_to_the_operational_db_alone() -> None:
+    wire = batch(alert(), lane=pb.LANE_PRIORITY)
+    converted = to_batch(AGENT, wire)
+    assert isinstance(converted.items[0], Alert)
+    assert owed_databases(converted, wire) == {Database.OPERATIONAL}
+
+
+def test_a_replay_may_name_a_subset_of_its_databases_but_never_another() -> None:
+    wire = batch(event())
+    wire.databases[:] = [pb.DATABASE_WAREHOUSE]
+    assert owed_databases(to_batch(AGENT, wire), wire) == {Database.WAREHOUSE}
+    alerts = batch(alert(), lane=pb.LANE_PRIORITY)
+    alerts.databases[:] = [pb.DATABASE_WAREHOUSE]
+    with pytest.raises(InvalidBatch, match="does not belong to"):
+        owed_databases(to_batch(AGENT, alerts), alerts)
+
+
+@pytest.mark.parametrize(("wire", "message"), [
+    (batch(event(), epoch="nope"), r"batch.epoch = 'nope': not a UUID"),
+    (batch(event(), lane=pb.LANE_UNSPECIFIED), "batch.lane = 0: not a lane"),
+    (batch(alert(), lane=pb.LANE_BULK), r"batch.items\[0\] is alert data in the bulk lane"),
+    (batch(event(level=9)), r"batch.items\[0\].level = 9: not one of 1 \(critical\)"),
+    (batch(event(number=2**40)), "outside 32-bit range"),
+    (batch(event(description="x" * (MAX_STRING_CHARS + 1))), "never silently cut"),
+    (batch(event(source="a\x00b")), "NUL character"),
+    (batch(pb.Item(event=pb.Event(object_key="k", level=3))), r"logged_at is unset"),
+    (batch(pb.Item()), "carries no item"),
+    (batch(*[event()] * (MAX_BATCH_ITEMS + 1)), f"more than {MAX_BATCH_ITEMS}"),
+])
+def test_what_a_database_would_refuse_is_refused_with_the_field_named(wire: pb.DataBatch, message: str) -> None:
+    with pytest.raises(InvalidBatch, match=message):
+        to_batch(AGENT, wire)
