@@ -243,21 +243,28 @@ class PodWorker:
         self.directory.chmod(0o755)  # PostgreSQL, demoted to its own account, must reach its volume
         while True:
             self.wake.clear()
-            if not self.terminating and (self.volumes_stale or self._token_due()):
+            if not self.terminating and (self.volumes_stale or self.volume_error or self._token_due()):
                 await self._prepare_volumes()
             mono = time.monotonic()
             decision = decide(self.spec, self.runs, initialized=self.initialized, terminating=self.terminating,
                               now=mono)
             self.initialized = decision.initialized
+            if decision.stop and self.stop_deadline is None:
+                grace = stop_grace(self.pod)
+                if self.runtime.stopping or self.vanished:
+                    grace = min(grace, self.runtime.settings.shutdown_grace)
+                self.stop_deadline = mono + grace  # one grace period for the whole Pod, sidecars included
             for name in decision.stop:
-                if name not in self.stopping:
-                    self.stopping[name] = asyncio.create_task(self._stop(name))
+                if name not in self.stopping and self.stop_deadline is not None:
+                    self.stopping[name] = asyncio.create_task(self._stop(name, self.stop_deadline))
             started = [name for name in decision.start if await self._start(name)]
             if started:
                 continue  # a start changes what comes next (the next init container, the phase)
             await self._publish(decision)
             if decision.finished and self.terminating:
                 break
+            if decision.finished and self.runtime.addresses is not None:
+                self.runtime.addresses.release(self.uid)  # a finished Pod keeps its status, not its address
             await self._sleep(decision)
         if not self.vanished and not self.runtime.stopping:
             await self.runtime.remove_pod(self.namespace, self.name, self.uid)
@@ -418,23 +425,19 @@ class PodWorker:
         log.info("pod %s/%s: container %s exited with %d", self.namespace, self.name, name, returncode)
         self.wake.set()
 
-    async def _stop(self, name: str) -> None:
+    async def _stop(self, name: str, deadline: float) -> None:
+        """preStop hook, stop signal, and SIGKILL to the container's process group once `deadline` passed."""
         entry = self.processes.get(name)
         if entry is None:
             return
-        if self.stop_deadline is None:
-            grace = stop_grace(self.pod)
-            if self.runtime.stopping or self.vanished:
-                grace = min(grace, self.runtime.settings.shutdown_grace)
-            self.stop_deadline = time.monotonic() + grace
         # Sidecars stopped last still get a moment, as the kubelet gives them at least 2 s.
         floor = 2.0 if name in self._sidecars() else 0.0
         pre_stop = (self.containers[name].get("lifecycle") or {}).get("preStop")
         if pre_stop:
-            remaining = max(floor, self.stop_deadline - time.monotonic())
+            remaining = max(floor, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._run_handler(name, entry, pre_stop, remaining), remaining)
-        remaining = max(floor, self.stop_deadline - time.monotonic())
+        remaining = max(floor, deadline - time.monotonic())
         stop_signal = signal.SIGINT if entry.plan.postgres else signal.SIGTERM  # the image's STOPSIGNAL
         with contextlib.suppress(ProcessLookupError):
             entry.process.send_signal(stop_signal)
@@ -476,8 +479,7 @@ class PodWorker:
                 if kind in ("livenessProbe", "startupProbe") and verdict.failed:
                     log.info("pod %s/%s: container %s failed its %s; restarting it", self.namespace, self.name,
                              name, kind)
-                    await self._stop(name)
-                    self.stop_deadline = None
+                    await self._stop(name, time.monotonic() + stop_grace({"spec": self.spec, "metadata": {}}))
                     return
             await asyncio.sleep(timing.period)
 
@@ -598,6 +600,7 @@ class LocalRuntime:
         self.pdeathsig_prefix: list[str] = []
         self._api: kube.ApiClient | None = None
         self._reaper: asyncio.subprocess.Process | None = None
+        self._node_ready: tuple[bool, str] | None = None  # Ready status and since when
         self._tasks: list[asyncio.Task[None]] = []
         self._hosts_dirty = asyncio.Event()
         self._stop_requested: asyncio.Event | None = None
@@ -735,14 +738,17 @@ class LocalRuntime:
         cpus = str(os.cpu_count() or 1)
         memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024}Ki"
         capacity = {"cpu": cpus, "memory": memory, "pods": "253", "ephemeral-storage": "100Gi"}
+        since = self._node_ready[1] if self._node_ready else now
         conditions = [
             {"type": kind, "status": "False", "reason": f"KubeletHasNo{kind}", "lastHeartbeatTime": now,
-             "lastTransitionTime": now} for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
+             "lastTransitionTime": since} for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")
         ]
+        if self._node_ready is None or self._node_ready[0] != ready:
+            self._node_ready = (ready, now)
         conditions.append({"type": "Ready", "status": "True" if ready else "False",
                            "reason": "KubeletReady" if ready else "KubeletStopped",
                            "message": "opsmgr dev runtime is serving" if ready else "opsmgr dev runtime stopped",
-                           "lastHeartbeatTime": now, "lastTransitionTime": now})
+                           "lastHeartbeatTime": now, "lastTransitionTime": self._node_ready[1]})
         status = {"status": {
             "capacity": capacity, "allocatable": capacity, "conditions": conditions,
             "addresses": [{"type": "InternalIP", "address": HOST_IP}, {"type": "Hostname", "address": "local"}],

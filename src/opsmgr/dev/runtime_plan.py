@@ -239,7 +239,8 @@ class Rewriter:
             pattern = re.compile(rf"(?<![\w./-])(?:{alternatives})(?=/|$|[^\w.-])")
         object.__setattr__(self, "_paths", pattern)
         words = "|".join(re.escape(w) for w in LOOPBACK_WORDS)
-        object.__setattr__(self, "_addresses", re.compile(rf"(?<![\w.-])(?:{words})(?![\w-]|\.\w)"))
+        # Not inside longer names or addresses, and not a CIDR such as 0.0.0.0/0 (an allow-list, not a bind).
+        object.__setattr__(self, "_addresses", re.compile(rf"(?<![\w.-])(?:{words})(?![\w-]|\.\w|/\d)"))
 
     def __call__(self, text: str) -> str:
         if self._paths is not None:

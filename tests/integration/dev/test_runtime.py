@@ -415,3 +415,21 @@ def test_a_killed_runtime_leaves_no_process_behind(kube_cluster: LocalCluster, n
                              "--ignore-not-found", check=False)
         kube_cluster.kubectl("delete", "node", node, "--ignore-not-found")
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_failing_liveness_probe_restarts_the_container(kube_cluster: LocalCluster, namespace: str,
+                                                       local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unhealthy"}, "spec": {
+        "terminationGracePeriodSeconds": 3,
+        "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "100000"],
+                        "livenessProbe": {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}}],
+    }}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+    def restarted() -> dict[str, Any] | None:
+        statuses = ((pod(kube_cluster, namespace, "unhealthy") or {}).get("status") or {}).get(
+            "containerStatuses") or []
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 1 else None
+
+    status = eventually(restarted, "the container failing its liveness probe was restarted", 30)
+    assert status["lastState"]["terminated"]["exitCode"] == 143  # stopped with SIGTERM

@@ -117,6 +117,7 @@ def test_the_pods_own_loopback_and_wildcard_addresses_become_its_pod_ip() -> Non
     assert rewrite("http://localhost:8080/healthz") == "http://127.0.1.5:8080/healthz"
     assert rewrite("[::]:9090 127.0.0.1") == "127.0.1.5:9090 127.0.1.5"
     assert rewrite("127.0.0.10 localhost.example mylocalhost") == "127.0.0.10 localhost.example mylocalhost"
+    assert rewrite("--allow 0.0.0.0/0") == "--allow 0.0.0.0/0"
 
 
 def test_plan_rewrites_args_env_and_working_dir_and_gives_pod_ip_and_root() -> None:
