@@ -38,8 +38,8 @@ local function assess(obj)
       .. ", heartbeat " .. (status.heartbeat or "Unknown")
   end
   if status.approval == "Pending" then
-    return "Suspended", "Waiting for an administrator to approve the agent (the management group's approval "
-      .. "policy is Review)"
+    return "Suspended", "Waiting for an administrator to approve the agent: kubectl annotate agent "
+      .. obj.metadata.name .. " opsmgr.io/approval=Approved"
   end
   -- A Ready condition decided from an older spec says nothing about this one.
   if ready == nil or (ready.observedGeneration ~= nil and ready.observedGeneration < generation) then

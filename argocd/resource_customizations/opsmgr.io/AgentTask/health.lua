@@ -1,6 +1,7 @@
 -- Argo CD health of an opsmgr AgentTask (install: argocd/README.md).
--- A task that is still pending or running is Progressing; its verdict comes from the Ready condition once the
--- task is over, and never before the operator has observed the current spec, so a first sync waits.
+-- The operator's Ready condition on a task means "the run is over" (reason: the phase), so the phase decides
+-- between Healthy (Succeeded) and Degraded (Failed, TimedOut, or a task that cannot run); a run still Pending or
+-- Running is Progressing. Never Degraded before the operator has observed the current spec.
 
 -- A `<Condition>Unknown` reason means "not decided yet": a sync waits for it instead of failing.
 local function in_progress(reason)
@@ -20,6 +21,18 @@ local function target(spec)
   return "the selected agents"
 end
 
+-- Why a finished run failed: the task was refused, or the command's exit code, or the operator's words.
+local function failure(status, ready)
+  local accepted = condition(status, "Accepted")
+  if accepted ~= nil and accepted.status == "False" then
+    return accepted.reason .. ": " .. (accepted.message or "")
+  end
+  if status.exitCode ~= nil then
+    return (status.phase or ready.reason) .. ": exit code " .. status.exitCode
+  end
+  return (status.phase or ready.reason) .. ": " .. (ready.message or "")
+end
+
 local function assess(obj)
   local generation = obj.metadata.generation or 0
   local status = obj.status
@@ -33,22 +46,21 @@ local function assess(obj)
     return "Progressing", "Waiting for the operator to observe generation " .. generation
       .. " (last observed " .. status.observedGeneration .. ")"
   end
-  local ready = condition(status, "Ready")
-  local current = ready ~= nil and (ready.observedGeneration or generation) >= generation
-  if current and ready.status == "True" then
-    return "Healthy", "Succeeded" .. (status.exitCode ~= nil and (" with exit code " .. status.exitCode) or "")
-  end
-  -- Ready is False while the command runs; that is not a failure yet.
   if status.phase == "Pending" or status.phase == "Running" then
     return "Progressing", "Task is " .. status.phase .. " on " .. target(obj.spec)
   end
-  if not current then
+  local ready = condition(status, "Ready")
+  -- A Ready condition decided from an older spec says nothing about this one.
+  if ready == nil or (ready.observedGeneration ~= nil and ready.observedGeneration < generation) then
     return "Progressing", "Waiting for the operator to decide the Ready condition"
   end
-  if ready.status == "False" and not in_progress(ready.reason) then
-    return "Degraded", ready.reason .. ": " .. (ready.message or "")
+  if ready.status == "True" and status.phase == "Succeeded" then
+    return "Healthy", "Succeeded" .. (status.exitCode ~= nil and (" with exit code " .. status.exitCode) or "")
   end
-  return "Progressing", ready.reason .. ": " .. (ready.message or "")
+  if ready.status == "Unknown" or in_progress(ready.reason) then
+    return "Progressing", ready.reason .. ": " .. (ready.message or "")
+  end
+  return "Degraded", failure(status, ready)
 end
 
 local hs = {}

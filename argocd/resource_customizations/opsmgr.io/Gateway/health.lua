@@ -2,10 +2,9 @@
 -- Only the operator decides readiness; this script reads its verdict and never reports Degraded before the
 -- operator has looked at the current spec, so a first sync or an edit waits instead of failing.
 
--- Reasons the operator gives while a gateway is still on its way to Ready (server assignment and certificate,
--- as for agents): a sync waits for these instead of failing. Any `<Condition>Unknown` reason means "not decided
--- yet" and waits too.
-local IN_PROGRESS = {NoServers = true, Issuing = true}
+-- Reasons the operator gives while a gateway is still on its way to Ready (no pod accepts agents yet): a sync
+-- waits for these instead of failing. Any `<Condition>Unknown` reason means "not decided yet" and waits too.
+local IN_PROGRESS = {Starting = true}
 
 local function in_progress(reason)
   return IN_PROGRESS[reason] == true or string.sub(reason or "", -7) == "Unknown"
