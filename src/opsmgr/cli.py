@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("opsmgr.api.cli:crds", "Print the CustomResourceDefinitions generated from the models (or --write them)."),
     "certimport": ("opsmgr.pki.cli:certimport", "Import an agent's or gateway's certificate and key (PEM or PKCS#12)."),
     "db": ("opsmgr.db.cli:db", "Schema migrations for the OperationalDB and the DataWarehouse."),
+    "operator": ("opsmgr.operator.main:operator", "Run the operator that reconciles opsmgr's custom resources."),
+    "alerts": ("opsmgr.db.alerts_cli:alerts", "List alerts and storms; acknowledge, resolve or close them."),
     "server": ("opsmgr.server.cli:server", "Run a management server: agent channel on 5723, ingest, /metrics."),
     "agent": ("opsmgr.agent.cli:agent", "Run an agent: durable queue, stream to its management servers, heartbeats."),
 }

@@ -150,6 +150,56 @@ CREATE TABLE discovered_objects (
     PRIMARY KEY (agent, object_key)
 );
 """),
+    Migration(2, "alert storms and the notification outbox", """
+-- A burst of one alert (same source) across many agents, grouped under one parent; members keep their own rows.
+CREATE TABLE alert_storms (
+    storm_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    source text NOT NULL,
+    name text NOT NULL,
+    severity smallint NOT NULL CHECK (severity BETWEEN 0 AND 2),
+    priority smallint NOT NULL CHECK (priority BETWEEN 0 AND 2),
+    resolution_state smallint NOT NULL DEFAULT 0 CHECK (resolution_state BETWEEN 0 AND 255),
+    opened_at timestamptz NOT NULL,
+    last_joined_at timestamptz NOT NULL,
+    resolved_at timestamptz,
+    modified_at timestamptz NOT NULL DEFAULT now(),
+    change_xid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint)
+);
+CREATE UNIQUE INDEX alert_storms_one_active_per_source ON alert_storms (source) WHERE resolution_state < 254;
+CREATE INDEX alert_storms_change_xid ON alert_storms (change_xid);
+ALTER TABLE alerts ADD COLUMN storm_id uuid REFERENCES alert_storms (storm_id) ON DELETE SET NULL;
+CREATE INDEX alerts_storm_id ON alerts (storm_id) WHERE storm_id IS NOT NULL;
+-- Storm detection asks for the active alerts of one source raised recently.
+CREATE INDEX alerts_active_source_raised_at ON alerts (source, raised_at) WHERE resolution_state < 254;
+-- Grooming asks for inactive alerts by age.
+CREATE INDEX alerts_inactive_resolved_at ON alerts (resolved_at) WHERE resolution_state >= 254;
+
+-- One row per (target, alert or storm): the newest version to deliver and what was delivered, so a restart
+-- neither loses nor repeats a notification.
+CREATE TABLE notification_outbox (
+    target text NOT NULL,
+    subject_id uuid NOT NULL,
+    payload jsonb NOT NULL,
+    fingerprint text NOT NULL,
+    version bigint NOT NULL,  -- change_xid of the snapshot, so a slower scan never overwrites a newer one
+    delivered_fingerprint text,
+    status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'abandoned')),
+    refresh boolean NOT NULL DEFAULT false,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error text,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, subject_id)
+);
+CREATE INDEX notification_outbox_due ON notification_outbox (next_attempt_at)
+    WHERE status = 'pending' OR (status = 'delivered' AND refresh);
+
+CREATE TABLE notification_watermarks (
+    source text PRIMARY KEY,
+    watermark bigint NOT NULL,
+    scanned_at timestamptz NOT NULL DEFAULT now()
+);
+"""),
 )
 
 WAREHOUSE_MIGRATIONS: tuple[Migration, ...] = (
@@ -168,6 +218,78 @@ CREATE TABLE alert_sync_watermarks (
     watermark bigint NOT NULL,
     synced_at timestamptz NOT NULL DEFAULT now()
 );
+"""),
+    Migration(2, "hourly and daily aggregates of performance and state", """
+-- Time-weighted: each value holds until the next sample (at most max_hold), clipped to the hour.
+CREATE TABLE performance_hourly (
+    agent text NOT NULL,
+    object_key text NOT NULL,
+    object_name text NOT NULL,
+    counter_name text NOT NULL,
+    instance_name text NOT NULL,
+    hour timestamptz NOT NULL,
+    sample_count integer NOT NULL,
+    min_value double precision NOT NULL,
+    max_value double precision NOT NULL,
+    average double precision NOT NULL,
+    covered_seconds double precision NOT NULL,
+    aggregated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (agent, object_key, object_name, counter_name, instance_name, hour)
+);
+CREATE INDEX performance_hourly_hour ON performance_hourly (hour);
+
+CREATE TABLE performance_daily (LIKE performance_hourly INCLUDING DEFAULTS);
+ALTER TABLE performance_daily RENAME COLUMN hour TO day;
+ALTER TABLE performance_daily ADD PRIMARY KEY (agent, object_key, object_name, counter_name, instance_name, day);
+CREATE INDEX performance_daily_day ON performance_daily (day);
+
+-- Seconds in each state; the percentages are derived so they always add up to 100.
+CREATE TABLE state_hourly (
+    agent text NOT NULL,
+    object_key text NOT NULL,
+    monitor text NOT NULL,
+    hour timestamptz NOT NULL,
+    changes integer NOT NULL,
+    unknown_seconds double precision NOT NULL,
+    healthy_seconds double precision NOT NULL,
+    warning_seconds double precision NOT NULL,
+    critical_seconds double precision NOT NULL,
+    covered_seconds double precision GENERATED ALWAYS AS
+        (unknown_seconds + healthy_seconds + warning_seconds + critical_seconds) STORED,
+    healthy_percent double precision GENERATED ALWAYS AS (100 * healthy_seconds /
+        nullif(unknown_seconds + healthy_seconds + warning_seconds + critical_seconds, 0)) STORED,
+    warning_percent double precision GENERATED ALWAYS AS (100 * warning_seconds /
+        nullif(unknown_seconds + healthy_seconds + warning_seconds + critical_seconds, 0)) STORED,
+    critical_percent double precision GENERATED ALWAYS AS (100 * critical_seconds /
+        nullif(unknown_seconds + healthy_seconds + warning_seconds + critical_seconds, 0)) STORED,
+    unknown_percent double precision GENERATED ALWAYS AS (100 * unknown_seconds /
+        nullif(unknown_seconds + healthy_seconds + warning_seconds + critical_seconds, 0)) STORED,
+    aggregated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (agent, object_key, monitor, hour)
+);
+CREATE INDEX state_hourly_hour ON state_hourly (hour);
+
+CREATE TABLE state_daily (LIKE state_hourly INCLUDING DEFAULTS INCLUDING GENERATED);
+ALTER TABLE state_daily RENAME COLUMN hour TO day;
+ALTER TABLE state_daily ADD PRIMARY KEY (agent, object_key, monitor, day);
+CREATE INDEX state_daily_day ON state_daily (day);
+
+-- Hours already aggregated that late data touched; the writer marks them in the transaction of the data.
+CREATE TABLE aggregation_dirty_hours (
+    kind text NOT NULL CHECK (kind IN ('performance', 'state')),
+    agent text NOT NULL,
+    hour timestamptz NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, agent, hour)
+);
+
+-- Every hour before aggregated_until has been aggregated at least once.
+CREATE TABLE aggregation_watermarks (
+    kind text PRIMARY KEY CHECK (kind IN ('performance', 'state')),
+    aggregated_until timestamptz NOT NULL,
+    aggregated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX alerts_resolved_at ON alerts (resolved_at) WHERE resolution_state >= 254;
 """),
 )
 

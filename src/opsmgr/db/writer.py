@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 import asyncpg
 
-from opsmgr.db.model import Batch, BatchId, Database, DropReason, ItemKind, Retention
+from opsmgr.db.aggregation import mark_late_hours
+from opsmgr.db.model import Batch, BatchId, Database, DropReason, HealthState, ItemKind, Retention
 from opsmgr.db.routing import TABLE_COLUMNS, AlertChange, WritePlan, plan_write
 from opsmgr.db.schema import ensure_partitions
 
@@ -110,10 +112,13 @@ async def _commit(conn: asyncpg.Connection, batches: Sequence[Batch], plans: Seq
         if not claimed:
             return claimed
         mine = [plans[index] for index in sorted(claimed)]
+        written: dict[str, list[tuple[Any, ...]]] = {}
         for table, columns in TABLE_COLUMNS.items():
-            records = [row for plan in mine for row in plan.rows.get(table, ())]
+            records = written[table] = [row for plan in mine for row in plan.rows.get(table, ())]
             if records:
                 await conn.copy_records_to_table(table, records=records, columns=columns)
+        if mine[0].database is Database.WAREHOUSE:
+            await mark_late_hours(conn, written)
         for index in sorted(claimed):
             await _upsert_priority_items(conn, batches[index].agent, plans[index])
         dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
@@ -135,6 +140,11 @@ async def _upsert_priority_items(conn: asyncpg.Connection, agent: str, plan: Wri
         else:
             await conn.executemany(_RESOLVE_ALERT, [
                 (agent, a.object_key, a.source, int(a.resolution_state), a.raised_at) for a in alerts])
+    # A monitor back to Healthy resolves its alert, even when the agent's own resolution was lost or evicted.
+    healthy = [row for row in plan.rows.get("state_changes", ()) if row[_NEW_STATE] == HealthState.HEALTHY]
+    if healthy:
+        await conn.executemany(_AUTO_RESOLVE_MONITOR_ALERT, [
+            (agent, row[_OBJECT_KEY], row[_MONITOR], row[_CHANGED_AT]) for row in healthy])
     if plan.discovery:
         await conn.executemany(_UPSERT_DISCOVERY, [
             (agent, d.object_key, d.class_name, d.display_name, json.dumps(dict(d.properties)), d.discovered_at)
@@ -155,6 +165,16 @@ _RESOLVE_ALERT = """
 UPDATE alerts SET resolution_state = $4, resolved_at = $5,
                   modified_at = now(), change_xid = pg_current_xact_id()::text::bigint
 WHERE agent = $1 AND object_key = $2 AND source = $3 AND resolution_state < 254
+"""
+
+_CHANGED_AT, _OBJECT_KEY, _MONITOR, _NEW_STATE = (TABLE_COLUMNS["state_changes"].index(column) for column in (
+    "changed_at", "object_key", "monitor", "new_state"))
+
+# Only a change at or after the alert's last occurrence resolves it, so a replayed old change resolves nothing.
+_AUTO_RESOLVE_MONITOR_ALERT = """
+UPDATE alerts SET resolution_state = 254, resolved_at = $4,
+                  modified_at = now(), change_xid = pg_current_xact_id()::text::bigint
+WHERE agent = $1 AND object_key = $2 AND source = $3 AND resolution_state < 254 AND last_raised_at <= $4
 """
 
 # Out-of-order replays must not let an older discovery overwrite a newer one, hence the comparisons.

@@ -106,7 +106,10 @@ def test_opsmgr_db_migrate_brings_both_databases_up_and_can_run_again(postgres_d
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "operational (" in first.output
-    assert "applied 1; 9 partitions created" in first.output
+    for database in Database:
+        versions = ", ".join(str(m.version) for m in MIGRATIONS[database])
+        assert f"{database} (" in first.output
+        assert f"applied {versions}; 9 partitions created" in first.output
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0, second.output
     assert second.output.count("applied none; 0 partitions created") == 2
