@@ -47,8 +47,10 @@ def db() -> None:
               show_default=True, help="Daily partitions to create past today.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for each database to accept a connection.")
+@click.option("--create-database", is_flag=True,
+              help="Create a database that does not exist yet (connecting to the server's `postgres` database).")
 def migrate(operational_dsn: str | None, warehouse_dsn: str | None, partitions_ahead_days: int,
-            connect_timeout: float) -> None:
+            connect_timeout: float, create_database: bool) -> None:
     """Apply pending migrations and create the coming days' partitions; safe to run again and concurrently."""
     targets = {Database.OPERATIONAL: ("--operational-dsn", operational_dsn),
                Database.WAREHOUSE: ("--warehouse-dsn", warehouse_dsn)}
@@ -60,12 +62,33 @@ def migrate(operational_dsn: str | None, warehouse_dsn: str | None, partitions_a
         check_dsn(option, dsn)
     retention = Retention(partitions_ahead_days=partitions_ahead_days)
     for database, (option, dsn) in chosen.items():
-        click.echo(asyncio.run(_migrate_one(database, option, dsn, retention, connect_timeout)))
+        click.echo(asyncio.run(_migrate_one(database, option, dsn, retention, connect_timeout,
+                                            create_database=create_database)))
+
+
+async def create_missing_database(dsn: str, connect_timeout: float) -> bool:
+    """Create the database `dsn` names when it does not exist; returns whether it was created."""
+    name = urlsplit(dsn).path.lstrip("/")
+    maintenance = urlunsplit(urlsplit(dsn)._replace(path="/postgres"))
+    conn = await asyncpg.connect(maintenance, timeout=connect_timeout)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False  # another migrator created it at the same moment
+        return True
+    finally:
+        await conn.close()
 
 
 async def _migrate_one(database: Database, option: str, dsn: str, retention: Retention,
-                       connect_timeout: float) -> str:
+                       connect_timeout: float, *, create_database: bool = False) -> str:
     try:
+        if create_database:
+            await create_missing_database(dsn, connect_timeout)
         conn = await asyncpg.connect(dsn, timeout=connect_timeout)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise click.ClickException(

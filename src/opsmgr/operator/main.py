@@ -1,0 +1,95 @@
+"""`opsmgr operator`: run the kopf operator, with /metrics, a liveness endpoint and one API client.
+
+Importing the handler modules registers them with kopf; this module wires startup (settings, the ApiClient in
+memo, the metrics endpoint) and cleanup (closing the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import click
+import kopf
+from kubernetes_asyncio import client as kube_client
+from kubernetes_asyncio import config as kube_config
+from prometheus_client import start_http_server
+
+from opsmgr.operator import agent, agent_task, gateway, indexes, management_group, management_pack
+from opsmgr.operator.context import DEFAULT_IMAGE, DEFAULT_POSTGRES_IMAGE, OperatorContext
+from opsmgr.operator.kube import Kube
+from opsmgr.operator.names import FINALIZER, MANAGED_BY, PREFIX
+
+HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack)
+# Enough concurrent handlers to keep the API server busy without a thousand coroutines each holding a key pair.
+WORKER_LIMIT = 64
+
+
+async def _api_client() -> kube_client.ApiClient:
+    try:
+        kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kube_config.ConfigException:
+        await kube_config.load_kube_config()
+    configuration = kube_client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = WORKER_LIMIT
+    return kube_client.ApiClient(configuration)
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own watches use the same credentials as our client: in-cluster token, else the kubeconfig."""
+    return await kopf.login_via_async_client(**kwargs)
+
+
+@kopf.on.startup()
+async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    settings.posting.reporting_component = MANAGED_BY
+    settings.posting.level = logging.INFO
+    settings.queueing.worker_limit = WORKER_LIMIT
+    # Served resources are found once at start (our CRDs are installed first), so no cluster-wide CRD watch.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    memo.context = OperatorContext(Kube(await _api_client()), image=memo.image, postgres_image=memo.postgres_image)
+    if memo.metrics_port:
+        start_http_server(memo.metrics_port)
+    logger.info(f"opsmgr operator started; servers run {memo.image}, embedded databases {memo.postgres_image}")
+
+
+@kopf.on.cleanup()
+async def cleanup(*, memo: Any, **_: Any) -> None:
+    context = getattr(memo, "context", None)
+    if isinstance(context, OperatorContext):
+        await context.kube.api.close()
+
+
+def run(*, namespaces: tuple[str, ...], image: str, postgres_image: str, metrics_port: int,
+        liveness_port: int) -> None:
+    memo = kopf.Memo(image=image, postgres_image=postgres_image, metrics_port=metrics_port)
+    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    asyncio.run(kopf.operator(
+        clusterwide=not namespaces, namespaces=list(namespaces), standalone=True, memo=memo,
+        liveness_endpoint=liveness))
+
+
+@click.command("operator")
+@click.option("--namespace", "-n", "namespaces", multiple=True, metavar="NAME",
+              help="Serve only this namespace (repeatable); every namespace when omitted.")
+@click.option("--image", envvar="OPSMGR_IMAGE", default=DEFAULT_IMAGE, show_default=True,
+              help="Image of the management servers, gateways and migration Jobs (or $OPSMGR_IMAGE).")
+@click.option("--postgres-image", envvar="OPSMGR_POSTGRES_IMAGE", default=DEFAULT_POSTGRES_IMAGE, show_default=True,
+              help="Image of embedded PostgreSQL (or $OPSMGR_POSTGRES_IMAGE).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9090, show_default=True,
+              help="Port of /metrics (0 turns it off).")
+@click.option("--liveness-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port of the liveness endpoint /healthz (0 turns it off).")
+@click.option("--verbose", "-v", is_flag=True, help="Log every handler's progress.")
+def operator(*, namespaces: tuple[str, ...], image: str, postgres_image: str, metrics_port: int, liveness_port: int,
+             verbose: bool) -> None:
+    """Reconcile ManagementGroups, Agents, Gateways, ManagementPacks and AgentTasks."""
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    run(namespaces=namespaces, image=image, postgres_image=postgres_image, metrics_port=metrics_port,
+        liveness_port=liveness_port)
