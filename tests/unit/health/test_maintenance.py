@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from opsmgr.api.agent import MaintenanceWindow
-from opsmgr.db.model import Alert, AlertSeverity, PerformanceSample, ResolutionState
+from opsmgr.db.model import Alert, AlertSeverity, Item, PerformanceSample, ResolutionState
 from opsmgr.server.maintenance import MaintenanceTransition, admit_items, decide_maintenance, next_boundary
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -49,7 +49,7 @@ def test_a_window_without_start_opens_at_once_and_next_boundary_is_its_end() -> 
 def test_alerts_raised_inside_the_window_are_suppressed_by_their_own_time_not_arrival() -> None:
     sample = PerformanceSample(T0 + timedelta(minutes=70), "Linux.Computer:web01", "Processor", "% Processor Time",
                                "_Total", 99.0)
-    items = [alert(30), alert(70), sample, alert(80, ResolutionState.RESOLVED), alert(125)]
+    items: list[Item] = [alert(30), alert(70), sample, alert(80, ResolutionState.RESOLVED), alert(125)]
     kept, suppressed = admit_items(WINDOW, items)
     assert suppressed == 1
     assert kept == (items[0], sample, items[3], items[4])
