@@ -167,13 +167,13 @@ def _apply_rule(body: dict[str, Any], override: Override) -> None:
         case OverrideParameter.ENABLED:
             body["enabled"] = _boolean(override.value)
         case OverrideParameter.INTERVAL_SECONDS:
-            _counter_of(body)["interval_seconds"] = int(override.value)
+            _counter_of(body)["interval_seconds"] = _whole(override.value)
         case OverrideParameter.TOLERANCE | OverrideParameter.MAXIMUM_SAMPLE_SEPARATION:
             performance = _counter_of(body)
             optimized = performance.get("optimized_collection") or OptimizedCollection(tolerance=0).model_dump()
             name = ("tolerance" if override.parameter is OverrideParameter.TOLERANCE
                     else "maximum_sample_separation")
-            optimized[name] = float(override.value) if name == "tolerance" else int(override.value)
+            optimized[name] = _number(override.value) if name == "tolerance" else _whole(override.value)
             performance["optimized_collection"] = optimized
         case _:
             raise ValueError(f"{override.parameter} applies to monitors, not rules; name a monitor instead")
@@ -184,13 +184,13 @@ def _apply_monitor(body: dict[str, Any], override: Override) -> None:
         case OverrideParameter.ENABLED:
             body["enabled"] = _boolean(override.value)
         case OverrideParameter.INTERVAL_SECONDS:
-            body["performance"]["interval_seconds"] = int(override.value)
+            body["performance"]["interval_seconds"] = _whole(override.value)
         case OverrideParameter.WARNING_THRESHOLD:
-            body["warning_threshold"] = float(override.value)
+            body["warning_threshold"] = _number(override.value)
         case OverrideParameter.CRITICAL_THRESHOLD:
-            body["critical_threshold"] = float(override.value)
+            body["critical_threshold"] = _number(override.value)
         case OverrideParameter.CONSECUTIVE_SAMPLES:
-            body["consecutive_samples"] = int(override.value)
+            body["consecutive_samples"] = _whole(override.value)
         case _:
             raise ValueError(f"{override.parameter} applies to performance rules, not monitors; name a rule instead")
 
@@ -200,6 +200,20 @@ def _counter_of(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(performance, dict):
         raise ValueError("the rule collects events, not a performance counter; override a performance rule")
     return performance
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number: write e.g. \"90\" or \"2.5\"") from None
+
+
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number: write e.g. \"300\"") from None
 
 
 def _boolean(value: str) -> bool:
