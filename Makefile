@@ -62,3 +62,8 @@ demo: venv postgres-bin testbin
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Install files derived from crds/ and the chart: the chart's CRD templates, deploy/opsmgr.yaml, argocd-cm patch.
+.PHONY: manifests
+manifests: venv testbin
+	$(PY) tools/manifests.py --helm "$$(bash tools/testbin/build.sh | tail -n1)/helm"
