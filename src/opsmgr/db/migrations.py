@@ -291,6 +291,11 @@ CREATE TABLE aggregation_watermarks (
 );
 CREATE INDEX alerts_resolved_at ON alerts (resolved_at) WHERE resolution_state >= 254;
 """),
+    Migration(3, "the state in effect at the end of each aggregated hour and day", """
+-- The next hour starts from it, so a monitor that never changes keeps getting hourly rows.
+ALTER TABLE state_hourly ADD COLUMN end_state smallint NOT NULL DEFAULT 0 CHECK (end_state BETWEEN 0 AND 3);
+ALTER TABLE state_daily ADD COLUMN end_state smallint NOT NULL DEFAULT 0 CHECK (end_state BETWEEN 0 AND 3);
+"""),
 )
 
 MIGRATIONS: Mapping[Database, tuple[Migration, ...]] = {
