@@ -24,7 +24,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,7 +244,8 @@ class QueueStore:
     def reclaim(self) -> None:
         """Give freed pages back to the file system and empty the WAL; cheap when there is nothing to give back."""
         if self._pragma("freelist_count"):
-            self._db.execute("PRAGMA incremental_vacuum").fetchall()
+            # executescript steps the pragma to completion; execute() would free one page per call.
+            self._db.executescript("PRAGMA incremental_vacuum;")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def reclaim_if_worthwhile(self) -> None:
@@ -259,14 +260,23 @@ class QueueStore:
         now = self._clock()
         rows = [(int(kind), int(LANE_OF[kind]), len(payload), now, payload)
                 for kind, payload in ((kind_of(item), item.SerializeToString()) for item in items)]
+        if not rows:
+            return Evicted()
         incoming = sum(row[2] + ROW_OVERHEAD for row in rows)
-        evicted = self._make_room(incoming)
+        # Room is made in advance only from data less important than every incoming item; the rest is decided
+        # after the insert, when the incoming items compete too (new performance data never pushes out an alert).
+        evicted = self._make_room(incoming, below=ItemKind(min(row[0] for row in rows)))
         if self._usage() + incoming > self.limit_bytes:
-            # Even an empty queue cannot hold them: they are the eviction, counted like any other.
-            with self._write():
-                dropped = Counter(ItemKind(row[0]) for row in rows)
-                self._count("evicted", dropped)
-            evicted.by_kind.update(dropped)
+            # Still full of more important data: incoming items less important than all of it are the eviction.
+            lowest = self._db.execute("SELECT min(kind) FROM items").fetchone()[0]
+            floor = len(ItemKind) if lowest is None else int(lowest)
+            dropped = Counter(ItemKind(row[0]) for row in rows if row[0] < floor)
+            if dropped:
+                with self._write():
+                    self._count("evicted", dropped)
+                evicted.by_kind.update(dropped)
+                rows = [row for row in rows if row[0] >= floor]
+        if not rows:
             return evicted
         with self._write():
             self._db.executemany(
@@ -275,28 +285,32 @@ class QueueStore:
         evicted.by_kind.update(self._make_room(0).by_kind)
         return evicted
 
-    def _make_room(self, incoming: int) -> Evicted:
+    def _make_room(self, incoming: int, below: ItemKind | None = None) -> Evicted:
         evicted = Evicted()
         if self._usage() + incoming <= self.limit_bytes:
             return evicted
         self.reclaim()
         headroom = int(self.limit_bytes * EVICTION_HEADROOM)
         while (over := self._usage() + incoming - self.limit_bytes) > 0:
-            freed = self._evict(over + headroom)
+            freed = self._evict(over + headroom, below)
             if not freed:
                 break
             evicted.by_kind.update(freed)
             self.reclaim()
         return evicted
 
-    def _evict(self, bytes_to_free: int) -> Counter[ItemKind]:
+    def _evict(self, bytes_to_free: int, below: ItemKind | None) -> Counter[ItemKind]:
         """One eviction round in one transaction: waiting items first, then unacknowledged sealed batches."""
         with self._write():
-            chosen = choose_evictions(self._eviction_candidates(), bytes_to_free)
+            candidates = self._eviction_candidates(below)
+            try:
+                chosen = choose_evictions(candidates, bytes_to_free)
+            finally:
+                candidates.close()  # an open statement would keep the pages it read from being given back
             freed = Counter(item.kind for item in chosen)
             if chosen:
                 self._db.executemany("DELETE FROM items WHERE id = ?", [(item.id,) for item in chosen])
-            elif (sealed := self._db.execute(
+            elif below is None and (sealed := self._db.execute(
                     "SELECT seq, kinds FROM batches WHERE acked = 0 ORDER BY lane DESC, seq LIMIT 1").fetchone()):
                 # Sealed batches are bounded by the send window; only when nothing else is left do they go, whole.
                 self._db.execute("DELETE FROM batches WHERE seq = ?", (sealed[0],))
@@ -304,11 +318,15 @@ class QueueStore:
             self._count("evicted", freed)
             return freed
 
-    def _eviction_candidates(self) -> Iterator[QueuedItem]:
+    def _eviction_candidates(self, below: ItemKind | None) -> Generator[QueuedItem]:
         # Streamed from the covering index in eviction order; the policy stops reading once enough is freed.
-        cursor = self._db.execute("SELECT id, kind, size FROM items ORDER BY kind, id")
-        for item_id, kind, size in cursor:
-            yield QueuedItem(item_id, ItemKind(kind), size + ROW_OVERHEAD)
+        cursor = self._db.execute("SELECT id, kind, size FROM items WHERE kind < ? ORDER BY kind, id",
+                                  (len(ItemKind) if below is None else int(below),))
+        try:
+            for item_id, kind, size in cursor:
+                yield QueuedItem(item_id, ItemKind(kind), size + ROW_OVERHEAD)
+        finally:
+            cursor.close()
 
     def _count(self, prefix: str, kinds: Counter[ItemKind] | dict[ItemKind, int]) -> None:
         self._db.executemany(
@@ -328,7 +346,11 @@ class QueueStore:
             f"AND seq NOT IN ({marks}) ORDER BY seq LIMIT 1", (int(lane), *excluded)).fetchone()
         if row is not None:
             return NextBatch(_replayed(_sealed(row)), None)
-        return self._seal(lane, max_items, max(1, max_message_bytes - MESSAGE_HEADROOM), linger_seconds)
+        sealed = self._seal(lane, max_items, max(1, max_message_bytes - MESSAGE_HEADROOM), linger_seconds)
+        if sealed.batch is not None and self._usage() > self.limit_bytes:
+            # Sealing rewrites items as a batch: the WAL briefly holds both, so the limit is enforced here too.
+            self._make_room(0)
+        return sealed
 
     def _seal(self, lane: Lane, max_items: int, max_bytes: int, linger_seconds: float) -> NextBatch:
         with self._write():
@@ -360,9 +382,9 @@ class QueueStore:
             return NextBatch(SealedBatch(seq, lane, needed, Databases(0), dict(kinds), message), None)
 
     def _pending(self, lane: Lane, limit: int) -> Iterator[QueuedItem]:
-        cursor = self._db.execute("SELECT id, kind, size FROM items WHERE lane = ? ORDER BY id LIMIT ?",
-                                  (int(lane), limit))
-        for item_id, kind, size in cursor:
+        rows = self._db.execute("SELECT id, kind, size FROM items WHERE lane = ? ORDER BY id LIMIT ?",
+                                (int(lane), limit)).fetchall()
+        for item_id, kind, size in rows:
             yield QueuedItem(item_id, ItemKind(kind), size)
 
     def acknowledge(self, acks: Sequence[pb.Ack]) -> list[AckResult]:
