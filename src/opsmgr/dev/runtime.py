@@ -45,6 +45,7 @@ from opsmgr.dev.runtime_lifecycle import (
     ProbeVerdict,
     RestartBackoff,
     decide,
+    fits_node,
     pod_status,
     probe_port,
     stop_grace,
@@ -70,6 +71,7 @@ HEARTBEAT_SECONDS = 10.0
 WATCH_SECONDS = 290  # the API server ends a watch after this; we resume from the last resourceVersion
 TOKEN_REFRESH_FRACTION = 0.8  # the kubelet renews a projected token after 80 % of its lifetime
 CONFIG_RETRY_SECONDS = 5.0
+CONDITION_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def _now() -> str:
@@ -718,20 +720,27 @@ class LocalRuntime:
 
     # --- node ---
 
+    @property
+    def node_labels(self) -> dict[str, str]:
+        return {"kubernetes.io/hostname": self.settings.node_name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "opsmgr.io/local-runtime": "true"}
+
     async def _register_node(self) -> None:
         name = self.settings.node_name
-        node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "opsmgr.io/local-runtime": "true"}},
-        }
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": self.node_labels}}
         try:
-            await _json(self.core.create_node(node, _preload_content=False))
+            created = await _json(self.core.create_node(node, _preload_content=False))
         except ApiError as exc:
             if exc.status != 409:
                 raise
+            created = await _json(self.core.read_node(name, _preload_content=False))
         await self._node_status(ready=True)
+        # Admission taints a new Node not-ready; the node lifecycle controller that would lift it does not run here.
+        taints = (created.get("spec") or {}).get("taints") or []
+        kept = [t for t in taints if t.get("key") not in CONDITION_TAINTS]
+        if kept != taints:
+            await _json(self.core.patch_node(name, {"spec": {"taints": kept or None}}, _preload_content=False,
+                                             _content_type="application/merge-patch+json"))
 
     async def _node_status(self, *, ready: bool) -> None:
         now = _now()
@@ -800,7 +809,8 @@ class LocalRuntime:
                 worker.vanished = True
                 worker.wake.set()
         elif not spec.get("nodeName"):
-            if not metadata.get("deletionTimestamp") and uid not in self.binding:
+            if (not metadata.get("deletionTimestamp") and uid not in self.binding
+                    and fits_node(pod, self.settings.node_name, self.node_labels)):
                 self.binding.add(uid)
                 self._spawn(self._bind(metadata["namespace"], metadata["name"], uid))
         elif spec["nodeName"] == self.settings.node_name and uid not in self.finished:

@@ -114,6 +114,40 @@ class ContainerRun:
         return f"opsmgr-dev://{self.pid}" if self.pid else None
 
 
+def _term_matches(term: Mapping[str, Any], node_name: str, labels: Mapping[str, str]) -> bool:
+    fields = {"metadata.name": node_name}
+    checks = [(r, labels) for r in term.get("matchExpressions") or []]
+    checks += [(r, fields) for r in term.get("matchFields") or []]
+    for requirement, known in checks:
+        operator, value = requirement.get("operator"), known.get(requirement.get("key", ""))
+        wanted = requirement.get("values") or []
+        if operator == "In" and value not in wanted:
+            return False
+        if operator == "NotIn" and value in wanted:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+        if operator == "DoesNotExist" and value is not None:
+            return False
+    return bool(checks)
+
+
+def fits_node(pod: Mapping[str, Any], node_name: str, labels: Mapping[str, str]) -> bool:
+    """The scheduler's say for our single Node: nodeSelector, required node affinity and scheduling gates.
+
+    A DaemonSet's Pod names its Node in a matchFields term, so Pods meant for another Node are left alone.
+    """
+    spec = pod.get("spec") or {}
+    if spec.get("schedulingGates"):
+        return False
+    if any(labels.get(key) != value for key, value in (spec.get("nodeSelector") or {}).items()):
+        return False
+    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = required.get("nodeSelectorTerms") or []
+    return not terms or any(_term_matches(term, node_name, labels) for term in terms)
+
+
 def is_sidecar(container: Mapping[str, Any]) -> bool:
     return container.get("restartPolicy") == "Always"
 

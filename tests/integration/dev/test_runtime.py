@@ -433,3 +433,21 @@ def test_failing_liveness_probe_restarts_the_container(kube_cluster: LocalCluste
 
     status = eventually(restarted, "the container failing its liveness probe was restarted", 30)
     assert status["lastState"]["terminated"]["exitCode"] == 143  # stopped with SIGTERM
+
+
+def test_daemon_set_runs_one_pod_on_the_local_node(kube_cluster: LocalCluster, namespace: str,
+                                                   local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"}, "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "agent", "image": "ghcr.io/opsmgr/opsmgr-agent:dev",
+                            "command": ["sleep", "100000"]}]}},
+    }}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+    def running_on_local() -> bool:
+        listing = json.loads(kube_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+        return any(p["spec"].get("nodeName") == "local" and is_ready(p) for p in listing["items"])
+
+    eventually(running_on_local, "the DaemonSet's Pod for Node local is Ready", 60)

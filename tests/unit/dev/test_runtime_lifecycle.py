@@ -11,6 +11,7 @@ from opsmgr.dev.runtime_lifecycle import (
     ProbeVerdict,
     RestartBackoff,
     decide,
+    fits_node,
     pod_status,
     probe_port,
     should_restart,
@@ -204,3 +205,20 @@ def test_deletion_grace_comes_from_the_deletion_then_the_spec() -> None:
     assert stop_grace(deleted) == 5
     assert stop_grace({"metadata": {}, "spec": {"terminationGracePeriodSeconds": 9}}) == 9
     assert stop_grace({"metadata": {}, "spec": {}}) == 30
+
+
+def test_pods_are_bound_only_where_their_node_selector_and_affinity_allow() -> None:
+    labels = {"kubernetes.io/os": "linux"}
+
+    def affinity(*terms: dict[str, Any]) -> dict[str, Any]:
+        required = {"nodeSelectorTerms": list(terms)}
+        return {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}}}
+
+    daemon_set_pod = affinity({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["local"]}]})
+    assert fits_node(daemon_set_pod, "local", labels)
+    assert not fits_node(daemon_set_pod, "other", labels)
+    assert fits_node({"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}}, "local", labels)
+    assert not fits_node({"spec": {"nodeSelector": {"disk": "ssd"}}}, "local", labels)
+    assert fits_node(affinity({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}), "local", labels)
+    assert not fits_node(affinity({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}), "local", labels)
+    assert not fits_node({"spec": {"schedulingGates": [{"name": "wait"}]}}, "local", labels)
