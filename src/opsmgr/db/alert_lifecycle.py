@@ -121,6 +121,6 @@ async def set_resolution_state(conn: asyncpg.Connection, kind: SubjectKind, subj
 
 
 # Every change stamps change_xid, the watermark of the warehouse sync and of notifications.
-_SET_STATE = """resolution_state = $2,
-    resolved_at = CASE WHEN $2 >= 254 THEN coalesce(resolved_at, $3) ELSE NULL END,
+_SET_STATE = """resolution_state = $2::smallint,
+    resolved_at = CASE WHEN $2::smallint >= 254 THEN coalesce(resolved_at, $3) ELSE NULL END,
     modified_at = now(), change_xid = pg_current_xact_id()::text::bigint"""
