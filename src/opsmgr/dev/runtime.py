@@ -52,6 +52,7 @@ from opsmgr.dev.runtime_lifecycle import (
 )
 from opsmgr.dev.runtime_names import PodAddressPool, host_entries
 from opsmgr.dev.runtime_plan import (
+    KUBECONFIG_NAME,
     ContainerConfigError,
     LaunchPlan,
     decode_config_map,
@@ -364,10 +365,15 @@ class PodWorker:
             if mount.get("subPath") and not target.exists():
                 target.mkdir(parents=True, exist_ok=True)
             link_mount(root, mount["mountPath"], target)
-        return plan_launch(self.pod, container, root=str(root), pod_ip=self.pod_ip, host_ip=HOST_IP,
+        plan = plan_launch(self.pod, container, root=str(root), pod_ip=self.pod_ip, host_ip=HOST_IP,
                            secrets=secrets, config_maps=config_maps, venv_bin=self.runtime.venv_bin,
                            python=sys.executable, api_server=self.runtime.api_address,
                            extra_path=self.runtime.extra_path(container))
+        if plan.kubeconfig is not None:
+            kubeconfig = root / KUBECONFIG_NAME
+            kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+            kubeconfig.write_text(json.dumps(plan.kubeconfig, indent=2))
+        return plan
 
     async def _start(self, name: str) -> bool:
         """Start a container's process; False when its config is not there yet (it is retried later)."""

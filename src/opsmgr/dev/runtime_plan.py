@@ -12,6 +12,9 @@ I/O. The rules, which the local runtime's users rely on:
   a symlink at `$OPSMGR_ROOT/M` to the volume's directory. In command, args, env values and workingDir, a path that
   starts with a mountPath is rewritten to `$OPSMGR_ROOT` + that path. Paths outside every mount, and file contents,
   are left alone (programs with built-in default paths can prefix them with `$OPSMGR_ROOT`).
+* API access. A container that mounts the projected ServiceAccount token also gets `KUBECONFIG` (unless it sets
+  one) naming a kubeconfig with that token, the cluster CA and the API server, which `KUBERNETES_SERVICE_HOST`
+  and `KUBERNETES_SERVICE_PORT` name too.
 * Addresses. Every Pod shares the host's network but owns one loopback address, its pod IP (also `POD_IP`). The
   Pod's own loopback and wildcard addresses (`localhost`, `127.0.0.1`, `0.0.0.0`, `[::]`) in command, args and env
   values are rewritten to the pod IP, so two Pods can both listen on 5723 and talk to themselves as they would in
@@ -36,6 +39,7 @@ POSTGRES_MODULE = "opsmgr.dev.runtime_postgres"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TOKEN_SECONDS = 3607  # what the kubelet asks for: an hour plus a little, so refreshes are visible
 DEFAULT_FILE_MODE = 0o644
+KUBECONFIG_NAME = ".kube/config"
 LOOPBACK_WORDS = ("localhost", "127.0.0.1", "0.0.0.0", "[::]")  # noqa: S104 (rewritten, never bound)
 
 
@@ -252,6 +256,34 @@ class Rewriter:
         return self._paths.sub(lambda m: self.root + m.group(0), text) if self._paths is not None else text
 
 
+def service_account_kubeconfig(pod: Pod, container: Container, *, root: str,
+                               api_server: tuple[str, int]) -> dict[str, Any] | None:
+    """A kubeconfig for the container's mounted ServiceAccount token, or None when it mounts none.
+
+    In-cluster clients read the token from a fixed path outside `$OPSMGR_ROOT`; pointed at this file by
+    `KUBECONFIG`, clients that fall back to a kubeconfig (kopf, kubernetes_asyncio, kubectl) use the same token.
+    """
+    volumes = {v["name"]: v for v in pod.get("spec", {}).get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        sources = (volumes.get(mount["name"], {}).get("projected") or {}).get("sources") or []
+        token = next((s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s), None)
+        if token is None or mount.get("subPath"):
+            continue
+        base = root + mount["mountPath"].rstrip("/")
+        cluster: dict[str, Any] = {"server": f"https://{api_server[0]}:{api_server[1]}"}
+        for source in sources:
+            items = (source.get("configMap") or {}).get("items") or []
+            ca = next((i.get("path", i["key"]) for i in items if i["key"] == "ca.crt"), None)
+            if ca:
+                cluster["certificate-authority"] = f"{base}/{ca}"
+        namespace = pod.get("metadata", {}).get("namespace", "default")
+        return {"apiVersion": "v1", "kind": "Config", "current-context": "pod",
+                "clusters": [{"name": "pod", "cluster": cluster}],
+                "users": [{"name": "pod", "user": {"tokenFile": f"{base}/{token['path']}"}}],
+                "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod", "namespace": namespace}}]}
+    return None
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     argv: list[str]
@@ -259,6 +291,7 @@ class LaunchPlan:
     cwd: str
     postgres: bool
     rewrite: Rewriter
+    kubeconfig: dict[str, Any] | None = None  # to be written at $OPSMGR_ROOT/KUBECONFIG_NAME
 
     def command(self, words: Sequence[str]) -> list[str]:
         """An exec probe's command, expanded and rewritten like the container's own."""
@@ -293,7 +326,10 @@ def plan_launch(pod: Pod, container: Container, *, root: str, pod_ip: str, host_
                                                                                python=python)]
     working_dir = container.get("workingDir")
     cwd = rewrite.path(working_dir) if working_dir else root
-    return LaunchPlan(argv, env, cwd, runs_postgres(container), rewrite)
+    kubeconfig = service_account_kubeconfig(pod, container, root=root, api_server=api_server)
+    if kubeconfig is not None:
+        env.setdefault("KUBECONFIG", f"{root}/{KUBECONFIG_NAME}")
+    return LaunchPlan(argv, env, cwd, runs_postgres(container), rewrite, kubeconfig)
 
 
 # --- volumes as files ---

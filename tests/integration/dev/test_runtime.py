@@ -451,3 +451,34 @@ def test_daemon_set_runs_one_pod_on_the_local_node(kube_cluster: LocalCluster, n
         return any(p["spec"].get("nodeName") == "local" and is_ready(p) for p in listing["items"])
 
     eventually(running_on_local, "the DaemonSet's Pod for Node local is Ready", 60)
+
+
+WHOAMI_SCRIPT = """
+import asyncio
+from kubernetes_asyncio import client, config
+
+async def main():
+    try:
+        config.load_incluster_config()  # the token is not at the in-cluster path on this machine
+    except config.ConfigException:
+        await config.load_kube_config()  # so this reads $KUBECONFIG, as the operator does
+    async with client.ApiClient() as api:
+        review = await client.AuthenticationV1Api(api).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        print("I am", review.status.user_info.username, flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_pod_reaches_the_api_server_with_its_projected_service_account_token(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "whoami"}, "spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "whoami", "image": "ghcr.io/opsmgr/opsmgr:dev",
+                        "command": ["python", "-c", WHOAMI_SCRIPT]}],
+    }}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    eventually(lambda: (p := pod(kube_cluster, namespace, "whoami")) and p["status"].get("phase") == "Succeeded",
+               f"the Pod finished: {local_runtime.logs(namespace, 'whoami', 'whoami')}", 60)
+    assert f"I am system:serviceaccount:{namespace}:default" in local_runtime.logs(namespace, "whoami", "whoami")

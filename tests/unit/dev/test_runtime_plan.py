@@ -184,3 +184,24 @@ def test_referenced_names_cover_volumes_projections_env_and_env_from() -> None:
                                               "valueFrom": {"configMapKeyRef": {"name": "c2", "key": "k"}}}]}],
     }
     assert referenced_names(pod(**spec)) == ({"s1", "s2", "s3"}, {"c1", "c2"})
+
+
+def test_container_mounting_the_service_account_token_gets_a_kubeconfig_for_it() -> None:
+    volume = {"name": "kube-api-access", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
+    container = {"name": "operator", "image": "ghcr.io/opsmgr/opsmgr:1", "args": ["operator"], "volumeMounts": [
+        {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}
+    plan = plan_launch(pod(volumes=[volume]), container, root=ROOT, pod_ip="127.0.1.5", host_ip="127.0.0.1",
+                       secrets={}, config_maps={}, venv_bin=VENV, python=PYTHON, api_server=("127.0.0.1", 6443))
+    assert plan.env["KUBECONFIG"] == f"{ROOT}/.kube/config"
+    assert plan.kubeconfig is not None
+    mounted = f"{ROOT}/var/run/secrets/kubernetes.io/serviceaccount"
+    assert plan.kubeconfig["users"][0]["user"] == {"tokenFile": f"{mounted}/token"}
+    assert plan.kubeconfig["clusters"][0]["cluster"] == {"server": "https://127.0.0.1:6443",
+                                                         "certificate-authority": f"{mounted}/ca.crt"}
+    assert plan.kubeconfig["contexts"][0]["context"]["namespace"] == "ops"
+    without = plan_launch(pod(), {"name": "c", "image": "busybox", "command": ["true"]}, root=ROOT, pod_ip="",
+                          host_ip="", secrets={}, config_maps={}, venv_bin=VENV, python=PYTHON,
+                          api_server=("127.0.0.1", 6443))
+    assert without.kubeconfig is None and "KUBECONFIG" not in without.env
