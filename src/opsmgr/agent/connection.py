@@ -312,7 +312,7 @@ class _Stream:
         self.in_flight: dict[int, Lane] = {}
         self.deferred: dict[int, float] = {}  # seq -> monotonic time it may be sent again
         self.wake = asyncio.Event()
-        self.stopping = False
+        self.leaving: str | None = None  # why this stream is being closed by us: Goodbye's reason
         self.goodbye_sent = asyncio.Event()
         self.drained = asyncio.Event()  # set when nothing is in flight any more
         self.heartbeat_seconds = self._heartbeat_seconds(welcome.config)
@@ -350,8 +350,8 @@ class _Stream:
         while True:
             while not self.control.empty():
                 await self.call.write(self.control.get_nowait())
-            if self.stopping:
-                await self.call.write(pb.AgentMessage(goodbye=pb.Goodbye(reason="agent stopping")))
+            if self.leaving is not None:
+                await self.call.write(pb.AgentMessage(goodbye=pb.Goodbye(reason=self.leaving)))
                 await self.call.done_writing()
                 self.goodbye_sent.set()
                 await asyncio.Event().wait()  # the stop watcher ends the stream once acks are in
@@ -359,7 +359,7 @@ class _Stream:
             retry_after = await self._send_next_batch()
             if retry_after == 0.0:
                 continue
-            if not self.control.empty() or self.stopping:
+            if not self.control.empty() or self.leaving is not None:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), min(retry_after, self.settings.idle_poll_seconds))
@@ -408,14 +408,18 @@ class _Stream:
 
     async def _stop_watch(self) -> _Outcome:
         await self.stop.wait()
-        self.stopping = True
+        await self._leave("agent stopping")
+        return _Stopped()
+
+    async def _leave(self, reason: str) -> None:
+        """Say Goodbye (the server then raises nothing) and wait briefly for the acks of what is in flight."""
+        if self.leaving is None:
+            self.leaving = reason
         self.wake.set()
         await self.goodbye_sent.wait()
-        # Wait briefly for the acks of what is in flight, so a planned restart replays as little as possible.
         if self.in_flight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.drained.wait(), self.settings.goodbye_flush_seconds)
-        return _Stopped()
 
     async def _failback_watch(self) -> _Outcome:
         primary = self.owner.choice.primary
@@ -424,8 +428,7 @@ class _Stream:
         while True:
             await asyncio.sleep(self.settings.failback_seconds)
             if await self.owner.probe(primary):
-                self.send(pb.AgentMessage(goodbye=pb.Goodbye(reason=f"failing back to the primary {primary}")))
-                await asyncio.sleep(0.2)  # let the writer send it; the old server then raises nothing
+                await self._leave(f"failing back to the primary {primary}")
                 return _FailBack()
 
     # ------------------------------------------------------------------ reading
@@ -434,8 +437,8 @@ class _Stream:
         while True:
             message = await self.call.read()
             if message is aio.EOF:
-                if self.stopping:
-                    await asyncio.Event().wait()  # the stop watcher decides
+                if self.leaving is not None:
+                    await asyncio.Event().wait()  # whoever is leaving decides how the stream ended
                 code, details = await self.call.code(), await self.call.details()
                 return _Failed(f"the server ended the stream ({code.name}: {details})", welcomed=True)
             body = message.WhichOneof("body")
