@@ -45,6 +45,7 @@ from opsmgr.pki.pem import load_certificate
 OWNED_STATUS = ("observedGeneration", "conditions", "approval", "primaryServer", "failoverServers", "certificate")
 IN_CLUSTER = (Placement.NODE, Placement.SIDECAR)
 GROUP_MISSING_RETRY = 30.0
+CA_RETRY = 5.0
 
 
 def _approval_verdict(decision: ApprovalDecision) -> Verdict:
@@ -130,7 +131,10 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], groups_in
     update: dict[str, Any] = {"approval": decision.approval, "certificate": certificate}
     if assignment is not None:
         update |= {"primary_server": assignment.primary, "failover_servers": list(assignment.failover)}
-    return await _write(context, body, agent, verdicts=verdicts, update=update, in_cluster=in_cluster, now=now)
+    ready = await _write(context, body, agent, verdicts=verdicts, update=update, in_cluster=in_cluster, now=now)
+    if approved and in_cluster and not issued:
+        raise kopf.TemporaryError("the group's CA is not usable yet; see CertificateIssued", delay=CA_RETRY)
+    return ready
 
 
 async def _ensure_certificate(context: OperatorContext, agent: Agent, group: ManagementGroup,
@@ -168,7 +172,7 @@ async def _write(context: OperatorContext, body: Mapping[str, Any], agent: Agent
     conditions = set_condition(conditions, summarize_ready(conditions, agent_required(in_cluster),
                                                            generation=generation, now=now))
     new = old.model_copy(update={**update, "observed_generation": generation, "conditions": conditions})
-    patch = status_patch(old.to_dict(), new.to_dict(), OWNED_STATUS)
+    patch = status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)
     if await write_status(context.kube, body, patch):
         announce(body, transitions(old.conditions, new.conditions))
     return new.ready

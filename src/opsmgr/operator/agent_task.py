@@ -98,7 +98,7 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], agents_in
              Verdict(ConditionStatus.FALSE, phase.value, f"the run is {phase.value.lower()}"))
     conditions = set_condition(conditions, ready.condition(READY, generation, now))
     new = old.model_copy(update={**update, "observed_generation": generation, "conditions": conditions})
-    if await write_status(context.kube, body, status_patch(old.to_dict(), new.to_dict(), OWNED_STATUS)):
+    if await write_status(context.kube, body, status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)):
         announce(body, transitions(old.conditions, new.conditions))
 
 

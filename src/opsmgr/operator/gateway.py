@@ -111,7 +111,7 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], groups_in
     conditions = set_condition(conditions, summarize_ready(conditions, (CERTIFICATE_READY, AVAILABLE),
                                                            generation=generation, now=now))
     new = old.model_copy(update={**update, "observed_generation": generation, "conditions": conditions})
-    if await write_status(context.kube, body, status_patch(old.to_dict(), new.to_dict(), OWNED_STATUS)):
+    if await write_status(context.kube, body, status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)):
         announce(body, transitions(old.conditions, new.conditions))
     return new.ready
 

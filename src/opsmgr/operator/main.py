@@ -19,7 +19,7 @@ from prometheus_client import start_http_server
 from opsmgr.operator import agent, agent_task, gateway, indexes, management_group, management_pack
 from opsmgr.operator.context import DEFAULT_IMAGE, DEFAULT_POSTGRES_IMAGE, OperatorContext
 from opsmgr.operator.kube import Kube
-from opsmgr.operator.names import FINALIZER, MANAGED_BY, PREFIX
+from opsmgr.operator.names import FINALIZER, KOPF_PREFIX, MANAGED_BY
 
 HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack)
 # Enough concurrent handlers to keep the API server busy without a thousand coroutines each holding a key pair.
@@ -45,8 +45,10 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX)
+    # kopf ignores every annotation under its storage prefix when diffing, so it gets a subdomain of its own:
+    # otherwise a person's opsmgr.io/approval annotation would never reach a handler.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.INFO
     settings.queueing.worker_limit = WORKER_LIMIT

@@ -336,7 +336,7 @@ async def _write_status(kube: Kube, body: Mapping[str, Any], group: ManagementGr
         "endpoints": Endpoints(agents=render.agent_endpoint(group)),
         "ca_not_after": certificates.facts.ca_not_after or old.ca_not_after,
     })
-    patch = status_patch(old.to_dict(), new.to_dict(), OWNED_STATUS)
+    patch = status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)
     if await write_status(kube, body, patch):
         announce(body, transitions(old.conditions, new.conditions))
     return is_condition_true(conditions, READY)

@@ -60,7 +60,7 @@ async def reconcile(kube: Kube, body: Mapping[str, Any], groups_index: Any, agen
         "monitors": len(pack.spec.monitors), "tasks": len(pack.spec.tasks),
         "agents": targeted(pack, entries(agents_index, key)),
     })
-    if await write_status(kube, body, status_patch(old.to_dict(), new.to_dict(), OWNED_STATUS)):
+    if await write_status(kube, body, status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)):
         announce(body, transitions(old.conditions, new.conditions))
 
 

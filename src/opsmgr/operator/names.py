@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 PREFIX = "opsmgr.io"
 FINALIZER = f"{PREFIX}/finalizer"
+KOPF_PREFIX = f"kopf.{PREFIX}"  # kopf's own progress and last-handled annotations
 FIELD_MANAGER = "opsmgr-operator"
 GROUP_LABEL = f"{PREFIX}/management-group"
 AGENT_LABEL = f"{PREFIX}/agent"

@@ -25,7 +25,11 @@ def fold(conditions: Sequence[Condition], verdicts: Mapping[str, Verdict], gener
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any], owned: Iterable[str]) -> dict[str, Any]:
-    """The owned status fields whose value changed (None removes one); empty when nothing changed."""
+    """The owned status fields whose value differs from what is stored (`old`, as read); empty when none does.
+
+    Compared with the stored status, not a parsed copy, so defaults the API has not seen yet (phase Pending,
+    approval Pending) are written once and the printer columns show them.
+    """
     return {key: new.get(key) for key in owned if old.get(key) != new.get(key)}
 
 

@@ -40,7 +40,7 @@ class RunningOperator:
     log: Path
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
     def tail(self, lines: int = 60) -> str:
@@ -86,7 +86,7 @@ def start_operator(cluster: LocalCluster, directory: Path, extra_env: dict[str, 
     deadline = time.monotonic() + 60
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=2):  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=2):
                 return running
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:

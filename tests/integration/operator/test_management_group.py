@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from tests.integration.api.conftest import Kubectl
@@ -10,6 +11,10 @@ from tests.integration.operator.conftest import RunningOperator, condition, even
 OWNED = [("secret", "production-server-tls"), ("secret", "production-db-credentials"),
          ("statefulset", "production-db"), ("service", "production-db"), ("configmap", "production-directory"),
          ("configmap", "production-revocations"), ("secret", "production-server-config")]
+
+
+def absent(kubectl: Kubectl, kind: str, name: str) -> bool:
+    return get_or_none(kubectl, kind, name) is None
 
 
 def create_group(kubectl: Kubectl) -> dict[str, object]:
@@ -21,7 +26,7 @@ def test_the_example_group_gets_its_children_owned_by_it_and_an_unowned_ca(kubec
     group = create_group(kubectl)
     uid = group["metadata"]["uid"]  # type: ignore[index]
     for kind, name in OWNED:
-        child = eventually(lambda kind=kind, name=name: get_or_none(kubectl, kind, name), what=f"{kind}/{name}")
+        child = eventually(functools.partial(get_or_none, kubectl, kind, name), what=f"{kind}/{name}")
         references = child["metadata"]["ownerReferences"]
         assert references == [{"apiVersion": "opsmgr.io/v1alpha1", "kind": "ManagementGroup", "name": "production",
                                "uid": uid, "controller": True, "blockOwnerDeletion": True}], (kind, name)
@@ -59,12 +64,11 @@ def test_an_edited_child_is_put_back_within_30_seconds(kubectl: Kubectl) -> None
 def test_deleting_the_group_collects_its_children_and_keeps_the_ca(kubectl: Kubectl) -> None:
     create_group(kubectl)
     for kind, name in OWNED:
-        eventually(lambda kind=kind, name=name: get_or_none(kubectl, kind, name), what=f"{kind}/{name}")
+        eventually(functools.partial(get_or_none, kubectl, kind, name), what=f"{kind}/{name}")
     ca_before = eventually(lambda: get_or_none(kubectl, "secret", "production-ca"), what="the CA Secret")
     kubectl.run("delete", "managementgroup", "production", "--wait=true", "--timeout=60s")
     for kind, name in OWNED:
-        eventually(lambda kind=kind, name=name: get_or_none(kubectl, kind, name) is None, timeout=60,
-                   what=f"{kind}/{name} garbage-collected")
+        eventually(functools.partial(absent, kubectl, kind, name), timeout=60, what=f"{kind}/{name} garbage-collected")
     ca_after = get_or_none(kubectl, "secret", "production-ca")
     assert ca_after is not None and ca_after["data"] == ca_before["data"]
     # A group created again under the same name takes up the same trust root.
