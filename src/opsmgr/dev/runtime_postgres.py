@@ -1,16 +1,17 @@
 """The local runtime's stand-in for a PostgreSQL image: `python -m opsmgr.dev.runtime_postgres [postgres args]`.
 
-Behaves like the official image's entrypoint with the real server binaries: initdb on first start with
-POSTGRES_USER (default postgres), POSTGRES_PASSWORD (scram-sha-256 over TCP when set, trust otherwise) and
-POSTGRES_DB (default the user), data in PGDATA (default `$OPSMGR_ROOT/var/lib/postgresql/data`), then the server
-replaces this process, listening on the pod IP at port 5432 (PGPORT). PostgreSQL refuses root, so it runs as
-the `postgres` account, as `opsmgr.dev.postgres` does.
+Behaves like the official image's entrypoint with the real server binaries: on first start, initdb with
+POSTGRES_USER (default postgres), POSTGRES_PASSWORD (scram-sha-256 over TCP when set, trust otherwise, or
+POSTGRES_HOST_AUTH_METHOD), POSTGRES_DB (default the user) and POSTGRES_INITDB_ARGS, data in PGDATA (default
+`$OPSMGR_ROOT/var/lib/postgresql/data`); then the server replaces this process, listening on the pod IP at port
+5432 (PGPORT). PostgreSQL refuses root, so it runs as the `postgres` account, as `opsmgr.dev.postgres` does.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -55,14 +56,15 @@ def initialise(data: Path, bin_dir: Path, account: pwd.struct_passwd | None) -> 
     user = os.environ.get("POSTGRES_USER") or "postgres"
     password = os.environ.get("POSTGRES_PASSWORD", "")
     database = os.environ.get("POSTGRES_DB") or user
+    method = os.environ.get("POSTGRES_HOST_AUTH_METHOD") or ("scram-sha-256" if password else "trust")
+    extra = shlex.split(os.environ.get("POSTGRES_INITDB_ARGS", ""))
     with tempfile.NamedTemporaryFile("w", prefix="pw-", dir=data.parent, delete=False) as pwfile:
         pwfile.write(password or "unused")
     try:
         if account is not None:
             os.chown(pwfile.name, account.pw_uid, account.pw_gid)
         _run_as(account, [str(bin_dir / "initdb"), "-D", str(data), "-U", user, f"--pwfile={pwfile.name}",
-                          "--auth-local=trust", f"--auth-host={'scram-sha-256' if password else 'trust'}",
-                          "--encoding=UTF8", "--no-sync"])
+                          "--auth-local=trust", f"--auth-host={method}", "--encoding=UTF8", "--no-sync", *extra])
     finally:
         os.unlink(pwfile.name)
     if database != "postgres":
@@ -70,7 +72,6 @@ def initialise(data: Path, bin_dir: Path, account: pwd.struct_passwd | None) -> 
         _run_as(account, [str(bin_dir / "postgres"), "--single", "-D", str(data), "postgres"],
                 stdin=f"CREATE DATABASE {_quote_identifier(database)} OWNER {_quote_identifier(user)};\n")
     with (data / "pg_hba.conf").open("a") as hba:
-        method = "scram-sha-256" if password else "trust"
         hba.write(f"host all all 0.0.0.0/0 {method}\nhost all all ::/0 {method}\n")
 
 
