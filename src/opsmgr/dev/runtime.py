@@ -26,7 +26,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,20 @@ async def _json(response: Awaitable[Any]) -> dict[str, Any]:
         reply.release()
 
 
+async def _lines(stream: Any) -> AsyncIterator[bytes]:
+    """A watch's newline-separated events of any length (aiohttp's readline() refuses lines over 128 KiB)."""
+    pending = bytearray()
+    async for chunk in stream.iter_any():
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            line = bytes(pending[:end])
+            del pending[:end + 1]
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield bytes(pending)
+
+
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
     metadata = obj.get("metadata", {})
     return metadata.get("namespace", ""), metadata.get("name", "")
@@ -145,7 +159,7 @@ class Informer:
         try:
             if reply.status != 200:
                 raise ApiError(reply.status, await reply.text())
-            while line := await reply.content.readline():
+            async for line in _lines(reply.content):
                 event = json.loads(line)
                 obj = event["object"]
                 if event["type"] == "ERROR":

@@ -482,3 +482,29 @@ def test_pod_reaches_the_api_server_with_its_projected_service_account_token(
     eventually(lambda: (p := pod(kube_cluster, namespace, "whoami")) and p["status"].get("phase") == "Succeeded",
                f"the Pod finished: {local_runtime.logs(namespace, 'whoami', 'whoami')}", 60)
     assert f"I am system:serviceaccount:{namespace}:default" in local_runtime.logs(namespace, "whoami", "whoami")
+
+
+def test_config_map_larger_than_a_watch_line_buffer_still_updates_its_volume(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    def config_map(fill: str) -> str:
+        return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "directory"},
+                           "data": {"agents.txt": fill * 300_000}})
+
+    # create and replace: apply's last-applied annotation would not hold 300 kB
+    kube_cluster.kubectl("create", "-n", namespace, "-f", "-", input=config_map("a"))
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "volumes": [{"name": "directory", "configMap": {"name": "directory"}}],
+        "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "100000"],
+                        "volumeMounts": [{"name": "directory", "mountPath": "/etc/directory"}]}]}}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    ready_pod(kube_cluster, namespace, "big")
+
+    def content() -> str:
+        directory = local_runtime.pod_directory(namespace, "big")
+        path = directory / "volumes" / "directory" / "agents.txt" if directory else None
+        return path.read_text()[:1] if path and path.exists() else ""
+
+    assert content() == "a"
+    kube_cluster.kubectl("replace", "-n", namespace, "-f", "-", input=config_map("b"))
+    eventually(lambda: content() == "b", "the 300 kB ConfigMap's change reached the volume", 30)
