@@ -24,7 +24,7 @@ from opsmgr.agent.counters import open_reader
 from opsmgr.agent.discovery import InventoryDiscovery
 from opsmgr.agent.packs import CollectionPlan, plan_from_json
 from opsmgr.agent.scheduler import Context, ReaderFactory, RuleScheduler
-from opsmgr.agent.sink import ItemSink, computer_key
+from opsmgr.agent.sink import CoalescingSink, ItemSink, computer_key
 from opsmgr.agent.tasks import TaskRunner, TaskSettings
 from opsmgr.protocol import agent_channel_pb2 as pb
 
@@ -51,7 +51,8 @@ class Collection:
                  reader_factory: ReaderFactory = open_reader) -> None:
         self.settings = settings
         self.fqdn = fqdn
-        self.sink = sink
+        self.sink = CoalescingSink(sink)
+        sink = self.sink
         self._maintenance_until: datetime | None = None
         object_key = computer_key(fqdn)
         self.tasks = TaskRunner(settings.tasks, sink=sink, object_key=object_key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -141,31 +142,75 @@ def _system() -> dict[str, float]:
             "Processes": float(len(psutil.pids())), "Uptime Seconds": time.time() - psutil.boot_time()}
 
 
-PROCESS_ATTRS = ("name", "cmdline", "cpu_times", "memory_info", "num_threads", "create_time")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PROCESS_SNAPSHOT_SECONDS = 1.0  # rules that tick together (same interval) share one scan of /proc
 
 
-def process_names(info: Mapping[str, Any]) -> set[str]:
-    """The names a process answers to: its kernel name and the base name of its program (argv[0])."""
-    names = {str(info["name"])} if info.get("name") else set()
-    cmdline = info.get("cmdline") or []
-    if cmdline:
-        names.add(os.path.basename(str(cmdline[0])))
-    return names
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    names: frozenset[str]
+    key: str  # pid and start time: a reused pid is another process
+    cpu_seconds: float
+    rss_bytes: float
+    threads: float
 
 
-def _process_table(instance: str | None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(name, pid key, info) of every process, or of those answering to `instance`."""
-    rows: list[tuple[str, str, dict[str, Any]]] = []
-    for process in psutil.process_iter(PROCESS_ATTRS):
-        info = process.info
-        names = process_names(info)
-        if instance is not None:
-            if instance not in names:
-                continue
-            names = {instance}
-        key = f"{process.pid}:{info.get('create_time')}"
-        rows.extend((name, key, info) for name in names if name)
+def parse_stat(pid: str, stat: str) -> tuple[str, str, float, float, float]:
+    """(comm, key, cpu seconds, rss bytes, threads) from one /proc/PID/stat line (pure)."""
+    comm = stat[stat.index("(") + 1: stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    # After the comm: utime is the 12th field, stime 13th, num_threads 18th, starttime 20th, rss 22nd (0-based).
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return comm, f"{pid}:{fields[19]}", cpu, float(int(fields[21]) * PAGE_SIZE), float(fields[17])
+
+
+def scan_processes(proc: str = "/proc") -> list[ProcessRow]:
+    """Every process, read straight from /proc: one file per process (two when its name was cut at 15 chars)."""
+    rows = []
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{pid}/stat") as source:
+                comm, key, cpu, rss, threads = parse_stat(pid, source.read())
+            names = {comm}
+            if len(comm) >= 15:  # the kernel keeps 15 characters of a name; argv[0] has the rest
+                with open(f"{proc}/{pid}/cmdline", "rb") as source:
+                    argv0 = source.read().split(b"\0", 1)[0].decode(errors="replace")
+                if argv0:
+                    names.add(os.path.basename(argv0.split(" ", 1)[0]))
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked, or not ours to read
+        rows.append(ProcessRow(frozenset(names), key, cpu, rss, threads))
     return rows
+
+
+class ProcessTable:
+    """One scan of /proc shared by every process counter that samples within `PROCESS_SNAPSHOT_SECONDS`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[ProcessRow] = []
+        self._at = -PROCESS_SNAPSHOT_SECONDS
+
+    def rows(self) -> list[ProcessRow]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= PROCESS_SNAPSHOT_SECONDS:
+                self._rows, self._at = scan_processes(), now
+            return self._rows
+
+
+PROCESSES = ProcessTable()
+
+
+def _process_table(instance: str | None) -> list[tuple[str, ProcessRow]]:
+    """(name, row) of every process, or of those answering to `instance`."""
+    rows = PROCESSES.rows()
+    if instance is not None:
+        return [(instance, row) for row in rows if instance in row.names]
+    return [(name, row) for row in rows for name in row.names]
 
 
 # ---------------------------------------------------------------- readers
@@ -263,13 +308,8 @@ def _single(gather: Callable[[], Mapping[str, float]], counter: str) -> Callable
 def _process_gauge(counter: str, instance: str | None) -> Callable[[], dict[str, float]]:
     def gather() -> dict[str, float]:
         out: dict[str, float] = {instance: 0.0} if instance else {}
-        for name, _, info in _process_table(instance):
-            if counter == "Instance Count":
-                add = 1.0
-            elif counter == "Working Set":
-                add = float(info["memory_info"].rss) if info.get("memory_info") else 0.0
-            else:
-                add = float(info.get("num_threads") or 0)
+        for name, row in _process_table(instance):
+            add = {"Instance Count": 1.0, "Working Set": row.rss_bytes}.get(counter, row.threads)
             out[name] = out.get(name, 0.0) + add
         return out
     return gather
@@ -277,8 +317,7 @@ def _process_gauge(counter: str, instance: str | None) -> Callable[[], dict[str,
 
 def _process_cpu_seconds(instance: str | None) -> Callable[[], dict[str, float]]:
     def gather() -> dict[str, float]:
-        return {f"{name}\0{key}": info["cpu_times"].user + info["cpu_times"].system
-                for name, key, info in _process_table(instance) if info.get("cpu_times")}
+        return {f"{name}\0{row.key}": row.cpu_seconds for name, row in _process_table(instance)}
     return gather
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,15 +39,23 @@ log = logging.getLogger(__name__)
 
 AGENT_CHANNEL = "opsmgr.agent"
 RULE_PROBLEM_EVENT = 8000  # event id of "a rule or monitor of a pack cannot run here"
-FIRST_SAMPLE_MAX_SECONDS = 10.0
+FIRST_SAMPLE_GRID_SECONDS = 10.0
 
 ReaderFactory = Callable[[PerformanceCounter], Awaitable[CounterReader]]
 
 
-def first_delay(key: str, interval: float) -> float:
-    """When a job first samples: soon, but spread by its key so a hundred rules do not sample in the same instant."""
-    spread = min(interval, FIRST_SAMPLE_MAX_SECONDS)
-    return 1.0 + (int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 1000) / 1000.0 * (spread - 1.0)
+def first_due(now: float) -> float:
+    """When a new job first samples: on the next 10 s mark at least a second away, not a whole interval later."""
+    return math.ceil((now + 1.0) / FIRST_SAMPLE_GRID_SECONDS) * FIRST_SAMPLE_GRID_SECONDS
+
+
+def next_due(now: float, interval: float) -> float:
+    """The next multiple of `interval` on the wall clock after `now`.
+
+    Jobs of one interval sample in the same instant, so they share one scan of /proc and one queue transaction,
+    and their samples line up in charts; a late tick never shifts the ones after it.
+    """
+    return (math.floor(now / interval) + 1) * interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +75,15 @@ class Context:
 
 
 async def _every(key: str, interval: float, tick: Callable[[], Awaitable[None]]) -> None:
-    """Call `tick` on a fixed cadence (no drift); a failing tick is logged and the cadence goes on."""
-    loop = asyncio.get_running_loop()
-    due = loop.time() + first_delay(key, interval)
+    """Call `tick` on the interval's wall-clock grid; a failing tick is logged and the cadence goes on."""
+    due = first_due(time.time())
     while True:
-        await asyncio.sleep(max(0.0, due - loop.time()))
+        await asyncio.sleep(max(0.0, due - time.time()))
         try:
             await tick()
         except (OSError, ValueError, RuntimeError) as error:
             log.warning("%s: sampling failed, trying again next interval: %s", key, error)
-        due += interval
-        now = loop.time()
-        if due < now:  # a stall (suspend, overload) skips the missed ticks rather than bursting them
-            due = now + interval - (now - due) % interval
+        due = next_due(time.time(), interval)  # after a stall the missed ticks are skipped, not burst
 
 
 class PerformanceJob:

@@ -7,6 +7,7 @@ refuses longer text instead of cutting it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import IntEnum
@@ -96,6 +97,45 @@ def discovery(at: datetime, *, object_key: str, class_name: str, display_name: s
         discovered_at=at, object_key=bounded(object_key, limits.MAX_KEY_CHARS),
         class_name=bounded(class_name, limits.MAX_KEY_CHARS), display_name=bounded(display_name),
         properties={bounded(k, limits.MAX_KEY_CHARS): bounded(v) for k, v in kept.items()}))
+
+
+class CoalescingSink:
+    """Hands the items of calls made within `window_seconds` of each other downstream in one call.
+
+    Rules of one interval tick in the same instant; fifty small enqueues become one queue transaction (one fsync).
+    Each caller still returns only once its items are downstream, and sees the downstream error if there was one.
+    """
+
+    def __init__(self, downstream: ItemSink, window_seconds: float = 0.05) -> None:
+        self.downstream = downstream
+        self.window_seconds = window_seconds
+        self._pending: list[pb.Item] = []
+        self._done: asyncio.Future[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, items: Sequence[pb.Item]) -> None:
+        if not items:
+            return
+        self._pending.extend(items)
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            flush = loop.create_task(self._flush_later(self._done))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        # Shielded: a caller that is cancelled must not cancel the delivery of the others' items.
+        await asyncio.shield(self._done)
+
+    async def _flush_later(self, done: asyncio.Future[None]) -> None:
+        await asyncio.sleep(self.window_seconds)
+        batch, self._pending, self._done = self._pending, [], None
+        try:
+            for start in range(0, len(batch), limits.MAX_BATCH_ITEMS):
+                await self.downstream(batch[start:start + limits.MAX_BATCH_ITEMS])
+        except Exception as error:  # handed to every caller of this window
+            done.set_exception(error)
+        else:
+            done.set_result(None)
 
 
 class ListSink:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from opsmgr.agent.counters import open_reader
+from opsmgr.agent.counters import PROCESS_SNAPSHOT_SECONDS, open_reader
 from opsmgr.agent.probes import probe_http, probe_tcp
 from opsmgr.api.management_pack import PerformanceCounter
 
@@ -141,21 +141,23 @@ async def test_process_presence_counts_running_instances() -> None:
     before = (await reader.read())[0].value
     sleepers = [await asyncio.create_subprocess_exec("sleep", "30") for _ in range(2)]
     try:
+        await asyncio.sleep(PROCESS_SNAPSHOT_SECONDS)  # process counters share one scan of /proc per second
         assert (await reader.read())[0].value == before + 2
     finally:
         for process in sleepers:
             process.kill()
             await process.wait()
+    await asyncio.sleep(PROCESS_SNAPSHOT_SECONDS)
     assert (await reader.read())[0].value == before
 
 
 async def test_per_process_cpu_and_memory_of_a_busy_process() -> None:
     busy = await asyncio.create_subprocess_exec("/bin/sh", "-c", "while :; do :; done")
     try:
-        await asyncio.sleep(0.1)  # past exec, so the process answers to its name when the reader primes
+        await asyncio.sleep(PROCESS_SNAPSHOT_SECONDS)  # the next scan of /proc sees it
         cpu = await open_reader(PerformanceCounter(object="Process", counter="% Processor Time", instance="sh"))
         memory = await open_reader(PerformanceCounter(object="Process", counter="Working Set", instance="sh"))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(PROCESS_SNAPSHOT_SECONDS + 1.0)
         assert (await cpu.read())[0].value > 30  # one spinning process: most of one core
         assert (await memory.read())[0].value > 100_000
     finally:

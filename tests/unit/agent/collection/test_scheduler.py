@@ -12,7 +12,7 @@ import pytest
 
 from opsmgr.agent.counters import CounterReader, Reading, UnknownCounter
 from opsmgr.agent.packs import CollectionPlan, plan_from_json
-from opsmgr.agent.scheduler import Context, RuleScheduler, first_delay
+from opsmgr.agent.scheduler import Context, RuleScheduler, first_due, next_due
 from opsmgr.agent.sink import ListSink
 from opsmgr.api.management_pack import PerformanceCounter
 
@@ -156,7 +156,13 @@ async def test_a_bad_pattern_is_reported_and_the_other_rules_on_the_file_still_r
     assert any("invalid pattern" in i.event.description for i in sink.of_kind("event"))
 
 
-def test_first_samples_are_spread_but_soon() -> None:
-    delays = {first_delay(f"p/rule{n}", 300) for n in range(50)}
-    assert all(1.0 <= d <= 10.0 for d in delays) and len(delays) > 40
-    assert first_delay("p/x", 10) == first_delay("p/x", 10)
+def test_a_new_job_samples_on_the_next_ten_second_mark_at_least_a_second_away() -> None:
+    assert first_due(1000.0) == 1010.0
+    assert first_due(1008.5) == 1010.0
+    assert first_due(1009.5) == 1020.0
+
+
+def test_jobs_of_one_interval_tick_together_on_the_wall_clock_grid() -> None:
+    assert next_due(1010.2, 60) == 1020.0
+    assert next_due(1020.0, 60) == 1080.0
+    assert next_due(1234.5, 300) == 1500.0  # a tick that ran late does not shift the cadence
