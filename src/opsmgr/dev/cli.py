@@ -164,8 +164,8 @@ def runtime(*, kubeconfig: Path, namespaces: tuple[str, ...], all_namespaces: bo
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, local.request_stop)
         runner = asyncio.create_task(local.run())
-        await loop.run_in_executor(None, local.ready.wait)
-        if not runner.done():
+        await loop.run_in_executor(None, local.ready.wait)  # set when start-up is over, failed or not
+        if local.serving:
             click.echo(f"local runtime serving node `{node_name}`, pod addresses {local.claim.network}, "
                        f"Pod directories in {root}; Ctrl-C stops it and every process it started")
         await runner

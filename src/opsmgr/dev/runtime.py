@@ -614,6 +614,7 @@ class LocalRuntime:
         self.finished: set[str] = set()
         self.binding: set[str] = set()
         self.stopping = False
+        self.serving = False  # start-up succeeded
         self.claim = AddressBlockClaim()
         self.addresses: PodAddressPool | None = None
         self.hosts: HostsFile | None = None
@@ -654,8 +655,11 @@ class LocalRuntime:
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         try:
-            await self._start()
-            self.ready.set()
+            try:
+                await self._start()
+                self.serving = True
+            finally:
+                self.ready.set()  # start-up is over, successful or not: whoever waits for it looks at the outcome
             await self._stop_requested.wait()
         finally:
             await self._shutdown()
@@ -693,7 +697,12 @@ class LocalRuntime:
         block = self.claim.acquire()
         self.addresses = PodAddressPool(block)
         self.hosts = HostsFile(self.settings.hosts_file, self.claim)
-        await self._register_node()
+        try:
+            await self._register_node()
+        except OSError as exc:
+            raise RuntimeError(f"cannot reach the API server {self._api.configuration.host} named in "
+                               f"{self.settings.kubeconfig} ({exc}); is the cluster up? (`opsmgr dev cluster up`, "
+                               "then `opsmgr dev cluster env` names its kubeconfig)") from exc
         for informer in (self.secrets, self.config_maps, self.services):
             self._tasks.append(asyncio.create_task(informer.run()))
         for informer in (self.secrets, self.config_maps, self.services):
