@@ -508,3 +508,13 @@ def test_config_map_larger_than_a_watch_line_buffer_still_updates_its_volume(
     assert content() == "a"
     kube_cluster.kubectl("replace", "-n", namespace, "-f", "-", input=config_map("b"))
     eventually(lambda: content() == "b", "the 300 kB ConfigMap's change reached the volume", 30)
+
+
+def test_job_pod_runs_to_completion_and_the_job_completes(kube_cluster: LocalCluster, namespace: str,
+                                                          local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"}, "spec": {
+        "backoffLimit": 2,
+        "template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "migrate", "image": "ghcr.io/opsmgr/opsmgr:dev", "args": ["--version"]}]}}}}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    kube_cluster.kubectl("wait", "job/migrate", "-n", namespace, "--for=condition=Complete", "--timeout=60s")
