@@ -200,17 +200,20 @@ async def execute(argv: Sequence[str], timeout_seconds: float, *, search_path: s
         start_new_session=True, cwd="/", env={"PATH": search_path, "LANG": "C.UTF-8"})
     assert process.stdout is not None
     reading = asyncio.ensure_future(_collect(process.stdout, output_limit))
-    timed_out = False
+    timed_out = finished = False
     try:
         async with asyncio.timeout(timeout_seconds):
             await process.wait()
             await reading  # children that keep the pipe open count against the timeout too
+        finished = True
     except TimeoutError:
         timed_out = True
     finally:
-        # The task's own children go with it: it ran in a new session, so its pid is its process group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        if not finished:
+            # It ran in a new session, so its pid names its process group: the children go with it. The group
+            # still has members here (someone holds the pipe or the leader runs), so the id cannot be reused yet.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
         output, truncated = await reading
     return Execution(process.returncode if process.returncode is not None else -1, output, truncated, timed_out,
