@@ -278,9 +278,11 @@ class RuleScheduler:
         self._apply_logs(plan)
         if self.tasks is not None:
             self.tasks.update_tasks(plan.tasks)
-        self.plan = plan
+        # Only problems not reported for the previous plan: a reconnect re-sending the same packs stays quiet.
         for problem in plan.problems:
-            self._later(functools.partial(self.context.problem, "management-packs", problem))
+            if problem not in self.plan.problems:
+                self._later(functools.partial(self.context.problem, "management-packs", problem))
+        self.plan = plan
 
     def _apply_logs(self, plan: CollectionPlan) -> None:
         by_file: dict[str, list[PackRule]] = {}

@@ -166,3 +166,23 @@ def test_jobs_of_one_interval_tick_together_on_the_wall_clock_grid() -> None:
     assert next_due(1010.2, 60) == 1020.0
     assert next_due(1020.0, 60) == 1080.0
     assert next_due(1234.5, 300) == 1500.0  # a tick that ran late does not shift the cadence
+
+
+async def test_changed_log_rules_keep_the_files_tail_and_a_reapplied_plan_reports_its_problems_once(
+        running: tuple[RuleScheduler, ListSink, Script], tmp_path: Path) -> None:
+    scheduler, sink, _ = running
+    log = str(tmp_path / "app.log")
+    broken = {"name": "broken", "performance": {"object": "Memory", "counter": "% Used Memory"}}
+    document = json.loads(pack([{"name": "errors", "event": {"logFile": log, "pattern": "ERROR"}}, broken]))
+    document[0]["spec"]["overrides"] = [{"name": "bad", "rule": "broken", "parameter": "IntervalSeconds",
+                                         "value": "soon"}]
+    scheduler.apply(plan(json.dumps(document).encode()))
+    job = scheduler.log_job(log)
+    document[0]["spec"]["rules"][0]["event"]["pattern"] = "ERROR|FATAL"
+    scheduler.apply(plan(json.dumps(document).encode()))
+    scheduler.apply(plan(json.dumps(document).encode()))
+    assert scheduler.log_job(log) is job and job is not None
+    assert [r.rule.event.pattern for r in job.rules if r.rule.event is not None] == ["ERROR|FATAL"]
+    await asyncio.sleep(0.05)
+    problems = [i.event.description for i in sink.of_kind("event") if i.event.source == "management-packs"]
+    assert len(problems) == 1 and "override bad" in problems[0]
