@@ -1,9 +1,7 @@
 """The Argo CD health checks in argocd/resource_customizations, run as Argo CD runs them.
 
-Argo CD evaluates each `health.lua` in gopher-lua (Lua 5.1) with the object as the global `obj` and only the
-base, string, table and math libraries; its own test harness reads every `health_test.yaml` and compares each
-case's status and message. This does the same with Lua 5.1 from lupa, so a script that passes here behaves the
-same in `argocd-cm`.
+Argo CD's own test harness reads every `health_test.yaml` and compares each case's status and message; this
+does the same (in Lua 5.1, see `argocd.py`), then replays the operator's own readiness verdicts through the scripts.
 """
 
 from __future__ import annotations
@@ -15,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from lupa.lua51 import LuaError, LuaRuntime  # type: ignore[import-untyped]  # lupa ships no stubs
 
-from opsmgr.api import GROUP, RESOURCES, RESOURCES_BY_KIND
+from opsmgr.api import RESOURCES, RESOURCES_BY_KIND
 from opsmgr.api.conditions import ConditionStatus, summarize_ready
 from opsmgr.api.management_group import DatabaseMode
 from opsmgr.operator.readiness import (
@@ -41,46 +38,9 @@ from opsmgr.operator.readiness import (
     databases_verdict,
     servers_verdict,
 )
+from tests.unit.install.argocd import CUSTOMIZATIONS, SANDBOXED_RUN, assess, load
 
-CUSTOMIZATIONS = Path(__file__).resolve().parents[3] / "argocd" / "resource_customizations" / GROUP
 KINDS = [resource.kind_name() for resource in RESOURCES]
-
-# Argo CD opens only these libraries for health scripts; a script reaching for io or os must fail here too.
-_SANDBOXED_RUN = """
-return function(script, obj)
-  local chunk, problem = loadstring(script, "health.lua")
-  if chunk == nil then error(problem) end
-  setfenv(chunk, {
-    obj = obj, ipairs = ipairs, pairs = pairs, next = next, select = select, type = type,
-    tostring = tostring, tonumber = tonumber, error = error, pcall = pcall, unpack = unpack,
-    string = string, table = table, math = math,
-  })
-  local hs = chunk()
-  return hs.status, hs.message
-end
-"""
-
-
-class _ApiServerLoader(yaml.SafeLoader):
-    """YAML as the API server serves it to Argo CD: timestamps stay strings."""
-
-
-_ApiServerLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def load(path: Path) -> Any:
-    return yaml.load(path.read_text(), Loader=_ApiServerLoader)
-
-
-def assess(kind: str, obj: Mapping[str, Any]) -> tuple[str, str]:
-    """(status, message) of the kind's health.lua for this object, in a fresh Lua state as Argo CD uses."""
-    lua = LuaRuntime()
-    run = lua.execute(_SANDBOXED_RUN)
-    status, message = run((CUSTOMIZATIONS / kind / "health.lua").read_text(), lua.table_from(obj, recursive=True))
-    return str(status), str(message)
 
 
 def _cases() -> list[Any]:
@@ -178,7 +138,7 @@ def test_a_running_task_is_progressing_though_ready_is_false() -> None:
 def test_a_script_that_reaches_outside_argo_cds_libraries_fails_here() -> None:
     # Guards the sandbox itself: without it, a script using io or os would pass here and break in Argo CD.
     lua = LuaRuntime()
-    run = lua.execute(_SANDBOXED_RUN)
+    run = lua.execute(SANDBOXED_RUN)
     with pytest.raises(LuaError, match="io"):
         run("return {status = io.read()}", lua.table_from({}, recursive=True))
 
