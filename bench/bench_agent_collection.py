@@ -88,6 +88,26 @@ asyncio.run(main(work, (work / "packs.json").read_bytes()))
 """
 
 
+# The same imports and nothing else: what collection itself adds is the difference.
+IMPORTS_ONLY = r"""
+import time
+import opsmgr.agent.connection, opsmgr.agent.collection, opsmgr.agent.queue  # noqa: F401
+print("imported", flush=True)
+time.sleep(600)
+"""
+
+
+def import_floor_rss() -> float:
+    child = psutil.Popen([sys.executable, "-c", IMPORTS_ONLY], stdout=asyncio.subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()
+        return float(child.memory_info().rss)
+    finally:
+        child.kill()
+        child.wait(30)
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -99,6 +119,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring (imports, first samples)")
     args = parser.parse_args()
 
+    floor = import_floor_rss()
     with tempfile.TemporaryDirectory(prefix="opsmgr-bench-agent-") as directory:
         work = Path(directory)
         (work / "packs.json").write_text(json.dumps(pack()))
@@ -124,6 +145,8 @@ def main() -> None:
     print(f"RSS: {memory.rss / 2**20:.1f} MB at the end, peak {peak / 2**20:.1f} MB, at warm-up end "
           f"{rss_start / 2**20:.1f} MB (USS {memory.uss / 2**20:.1f} MB, PSS {memory.pss / 2**20:.1f} MB); "
           f"goal <= 50 MB")
+    print(f"of which imports alone (grpc, protobuf, pydantic and the api models, cryptography, psutil, sqlite3): "
+          f"{floor / 2**20:.1f} MB; collection's own running state: {(memory.rss - floor) / 2**20:.1f} MB")
     print(f"CPU: {100 * cpu_used / wall:.3f} % of one core ({cpu_used:.2f} s in {wall:.0f} s); goal <= 1 %")
     print(f"threads: {threads}; python {sys.version.split()[0]}, pid {os.getpid()} measured child")
 
