@@ -217,3 +217,16 @@ def test_chart_grants_the_operator_what_its_own_manifest_grants(helm: Helm) -> N
         return
     theirs = documents(OPERATOR_DEV_MANIFEST.read_text())
     assert _grants(_rules(helm.template())) == _grants(_rules(theirs))
+
+
+def test_the_values_skaffold_sets_are_accepted(helm: Helm) -> None:
+    (release,) = yaml.safe_load((ROOT / "skaffold.yaml").read_text())["deploy"]["helm"]["releases"]
+    # What skaffold substitutes for a locally built image: a repository and a commit tag.
+    substituted = {key: "registry.local/built" if key.endswith("repository") else "0a1b2c3"
+                   for key in release["setValueTemplates"]}
+    values = {**substituted, **release["setValues"]}
+    args = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    docs = helm.template(*args, release=release["name"], namespace=release["namespace"])
+    (container,) = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.local/built:0a1b2c3"
+    assert find(docs, "ManagementGroup")["metadata"]["name"] == release["setValues"]["managementGroup.name"]
