@@ -189,6 +189,7 @@ class LogFileJob:
         self.rules: tuple[PackRule, ...] = ()
         self._matchers: list[_Matcher] = []
         self._pending_problems: list[tuple[str, str]] = []
+        self._failing: tuple[int | None, str | None] | None = None
         self.set_rules(rules)
 
     def set_rules(self, rules: Sequence[PackRule]) -> None:
@@ -209,8 +210,14 @@ class LogFileJob:
             self._pending_problems.clear()
             try:
                 await self.tail.follow(self._handle)
+                self._failing = None
             except OSError as error:
-                log.warning("log file %s cannot be read now: %s", self.path, error)
+                # Said once per kind of failure (e.g. permission denied), not every poll; it is retried each poll.
+                if self._failing != (error.errno, error.strerror):
+                    self._failing = (error.errno, error.strerror)
+                    await self.context.problem(self.rules[0].rule.name if self.rules else AGENT_CHANNEL,
+                                               f"log file {self.path} cannot be read: {error.strerror}; the agent "
+                                               "keeps trying. Give the agent's user read access to it")
             await asyncio.sleep(self.poll_seconds)
 
     async def _handle(self, lines: list[str], lost: list[str]) -> None:

@@ -186,3 +186,14 @@ async def test_changed_log_rules_keep_the_files_tail_and_a_reapplied_plan_report
     await asyncio.sleep(0.05)
     problems = [i.event.description for i in sink.of_kind("event") if i.event.source == "management-packs"]
     assert len(problems) == 1 and "override bad" in problems[0]
+
+
+async def test_an_unreadable_log_file_is_reported_once_while_it_keeps_being_retried(
+        running: tuple[RuleScheduler, ListSink, Script], tmp_path: Path) -> None:
+    scheduler, sink, _ = running
+    directory = tmp_path / "app.log"
+    directory.mkdir()  # reading a directory fails like an unreadable file does
+    scheduler.apply(plan(pack([{"name": "errors", "event": {"logFile": str(directory), "pattern": "ERROR"}}])))
+    await asyncio.sleep(0.4)
+    reports = [i.event.description for i in sink.of_kind("event")]
+    assert len(reports) == 1 and "cannot be read" in reports[0]
