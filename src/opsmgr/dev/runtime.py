@@ -33,6 +33,7 @@ from kubernetes_asyncio import client as kube
 from kubernetes_asyncio.config import new_client_from_config
 
 from opsmgr.dev.postgres import PostgresUnavailable, find_bin_dir
+from opsmgr.dev.runtime_bindshim import build_bind_shim
 from opsmgr.dev.runtime_files import AddressBlockClaim, HostsFile
 from opsmgr.dev.runtime_kube import ApiError, Informer, api_time, json_body, object_key
 from opsmgr.dev.runtime_lifecycle import (
@@ -84,6 +85,7 @@ class LocalRuntime:
         self.venv_bin = str(Path(sys.prefix) / "bin")
         self.api_address = ("127.0.0.1", 443)
         self.pdeathsig_prefix: list[str] = []
+        self.bind_shim: Path | None = None
         self._api: kube.ApiClient | None = None
         self._reaper: asyncio.subprocess.Process | None = None
         self._node_ready: tuple[bool, str] | None = None  # Ready status and since when
@@ -150,6 +152,7 @@ class LocalRuntime:
         self.settings.root.mkdir(parents=True, exist_ok=True)
         self.settings.root.chmod(0o755)
         self.pdeathsig_prefix = _pdeathsig_prefix()
+        self.bind_shim = await build_bind_shim(self.settings.root / "lib")
         # Its own session: a Ctrl-C at the terminal reaches the runtime, which stops Pods; the reaper stays.
         self._reaper = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "opsmgr.dev.runtime_reaper", stdin=asyncio.subprocess.PIPE,

@@ -18,7 +18,8 @@ I/O. The rules, which the local runtime's users rely on:
 * Addresses. Every Pod shares the host's network but owns one loopback address, its pod IP (also `POD_IP`). The
   Pod's own loopback and wildcard addresses (`localhost`, `127.0.0.1`, `0.0.0.0`, `[::]`) in command, args and env
   values are rewritten to the pod IP, so two Pods can both listen on 5723 and talk to themselves as they would in
-  their own network namespace.
+  their own network namespace. Wildcard binds the command line does not show (a config file's `0.0.0.0`) are
+  redirected to the pod IP by a bind() shim preloaded into the process (`runtime_bindshim`, via `LD_PRELOAD`).
 """
 
 from __future__ import annotations
@@ -300,7 +301,7 @@ class LaunchPlan:
 
 def plan_launch(pod: Pod, container: Container, *, root: str, pod_ip: str, host_ip: str, secrets: SecretData,
                 config_maps: ConfigMapData, venv_bin: str, python: str,
-                api_server: tuple[str, int], extra_path: Sequence[str] = ()) -> LaunchPlan:
+                api_server: tuple[str, int], extra_path: Sequence[str] = (), preload: str | None = None) -> LaunchPlan:
     """Everything needed to start `container` of `pod` as a local process whose root directory is `root`."""
     metadata = pod.get("metadata", {})
     spec = pod.get("spec", {})
@@ -326,6 +327,8 @@ def plan_launch(pod: Pod, container: Container, *, root: str, pod_ip: str, host_
                                                                                python=python)]
     working_dir = container.get("workingDir")
     cwd = rewrite.path(working_dir) if working_dir else root
+    if preload:
+        env["LD_PRELOAD"] = " ".join(filter(None, [preload, env.get("LD_PRELOAD")]))
     kubeconfig = service_account_kubeconfig(pod, container, root=root, api_server=api_server)
     if kubeconfig is not None:
         env.setdefault("KUBECONFIG", f"{root}/{KUBECONFIG_NAME}")

@@ -241,7 +241,8 @@ class PodWorker:
         plan = plan_launch(self.pod, container, root=str(root), pod_ip=self.pod_ip, host_ip=HOST_IP,
                            secrets=secrets, config_maps=config_maps, venv_bin=self.runtime.venv_bin,
                            python=sys.executable, api_server=self.runtime.api_address,
-                           extra_path=self.runtime.extra_path(container))
+                           extra_path=self.runtime.extra_path(container),
+                           preload=str(self.runtime.bind_shim) if self.runtime.bind_shim else None)
         if plan.kubeconfig is not None:
             kubeconfig = root / KUBECONFIG_NAME
             kubeconfig.parent.mkdir(parents=True, exist_ok=True)

@@ -518,3 +518,39 @@ def test_job_pod_runs_to_completion_and_the_job_completes(kube_cluster: LocalClu
             {"name": "migrate", "image": "ghcr.io/opsmgr/opsmgr:dev", "args": ["--version"]}]}}}}
     kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
     kube_cluster.kubectl("wait", "job/migrate", "-n", namespace, "--for=condition=Complete", "--timeout=60s")
+
+
+CONFIGURED_SERVER = """
+import os, socket
+address = open("/etc/server/address").read().strip()
+server = socket.create_server((address, 15723))
+while True:
+    connection, _ = server.accept()
+    connection.sendall(os.environ["POD_NAME"].encode())
+    connection.close()
+"""
+
+
+def test_two_servers_binding_the_wildcard_from_a_config_file_each_get_their_pod_ip(
+        kube_cluster: LocalCluster, namespace: str, local_runtime: RuntimeThread) -> None:
+    manifest = {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "server"}, "data": {"address": "0.0.0.0"}},
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "ms"}, "spec": {
+            "serviceName": "ms", "replicas": 2, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "ms"}},
+            "template": {"metadata": {"labels": {"app": "ms"}}, "spec": {
+                "terminationGracePeriodSeconds": 2,
+                "volumes": [{"name": "config", "configMap": {"name": "server"}}],
+                "containers": [{
+                    "name": "server", "image": "ghcr.io/opsmgr/opsmgr:dev",
+                    "command": ["python", "-c", CONFIGURED_SERVER],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "volumeMounts": [{"name": "config", "mountPath": "/etc/server"}],
+                    "readinessProbe": {"tcpSocket": {"port": 15723}, "periodSeconds": 1}}]}}}},
+    ]}
+    kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    # Not 5723: a server another test runs outside the runtime on 0.0.0.0:5723 would answer for every address.
+    for name in ("ms-0", "ms-1"):
+        address = ready_pod(kube_cluster, namespace, name)["status"]["podIP"]
+        with socket.create_connection((address, 15723), timeout=5) as connection:
+            assert connection.recv(100).decode() == name
