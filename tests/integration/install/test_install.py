@@ -108,12 +108,17 @@ def test_helm_install_runs_the_operator_and_it_brings_the_charts_group_to_ready(
         plain_crds: LocalCluster, helm: Helm, namespace: str, local_runtime: RuntimeThread) -> None:
     # The chart as a user installs it, with the operator confined to this namespace (the session may run others)
     # on ports of its own; the local runtime runs its Pod and everything the operator creates.
-    helm.run("install", namespace, str(CHART), "-n", namespace, "--set", "crds.enabled=false",
-             "--set", f"operator.namespaces={{{namespace}}}", "--set", f"operator.livenessPort={free_port()}",
-             "--set", f"operator.metricsPort={free_port()}", "--set", "managementGroup.create=true",
-             "--set", "managementGroup.name=production",
-             "--set-json", 'managementGroup.spec={"servers": {"replicas": 1}}',
-             "--wait", "--timeout=3m", kubeconfig=plain_crds.kubeconfig)
+    installed = helm.run(
+        "install", namespace, str(CHART), "-n", namespace, "--set", "crds.enabled=false",
+        "--set", f"operator.namespaces={{{namespace}}}", "--set", f"operator.livenessPort={free_port()}",
+        "--set", f"operator.metricsPort={free_port()}", "--set", "managementGroup.create=true",
+        "--set", "managementGroup.name=production", "--set-json", 'managementGroup.spec={"servers": {"replicas": 1}}',
+        "--wait", "--timeout=3m", kubeconfig=plain_crds.kubeconfig)
+    # The notes tell the user what to run next, with this release's names.
+    notes = " ".join(installed.stdout.split())
+    assert f"kubectl -n {namespace} rollout status deployment/{namespace}-opsmgr-operator" in notes
+    assert f"kubectl -n {namespace} get managementgroup production -w" in notes
+    assert "kubectl apply -f crds/" in notes  # CRDs were left to kubectl
     (pod,) = _pods(plain_crds, namespace)
     assert pod["status"]["phase"] == "Running"
     # What Argo CD would show on the way: Progressing while the group comes up, never Degraded, then Healthy.
