@@ -78,3 +78,11 @@ def test_a_replay_may_name_a_subset_of_its_databases_but_never_another() -> None
 def test_what_a_database_would_refuse_is_refused_with_the_field_named(wire: pb.DataBatch, message: str) -> None:
     with pytest.raises(InvalidBatch, match=message):
         to_batch(AGENT, wire)
+
+
+def test_times_keep_microseconds_and_absurd_ones_are_refused() -> None:
+    moment = Timestamp(seconds=1_780_000_000, nanos=123_456_789)
+    converted = to_batch(AGENT, batch(event(logged_at=moment)))
+    assert converted.items[0].timestamp == moment.ToDatetime(tzinfo=UTC)
+    with pytest.raises(InvalidBatch, match="not a representable time"):
+        to_batch(AGENT, batch(event(logged_at=Timestamp(seconds=10**12))))

@@ -1,0 +1,247 @@
+"""End-to-end ingest: items/s committed to both databases through a real `opsmgr server` over mTLS, vs raw COPY.
+
+Same run, same throwaway PostgreSQL, alternating: the server (a subprocess, as deployed) takes bulk-lane batches
+from several agents over real mTLS gRPC streams and acknowledges each once the operational DB and the warehouse
+both committed it; the figure is items per second until the last ack. The baseline COPYs the same rows into one
+database's tables, one COPY per table. Tables are emptied before every measurement.
+
+    .venv/bin/python -m bench.bench_server_ingest [--agents 4] [--batches 50] [--items 500] [--window 8] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+import psutil
+import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from bench.common import Figure
+from opsmgr.db.model import Database, Retention
+from opsmgr.db.routing import TABLE_COLUMNS, plan_write
+from opsmgr.db.schema import prepare_database
+from opsmgr.dev.postgres import LocalPostgres, free_port
+from opsmgr.pki import Approval, Identity, ManagementServerNames, Role, create_ca, issue_with_new_key
+from opsmgr.protocol import agent_channel_pb2 as pb
+from opsmgr.server.convert import to_batch
+from opsmgr.server.tls import restrict_cipher_suites
+
+GROUP = "contoso"
+NAMES = ManagementServerNames(group=GROUP, namespace="opsmgr", statefulset="ms", headless_service="ms-hl",
+                              shared_service="ms", replica=0)
+TARGET = "ms.opsmgr.svc"
+METHOD = "/opsmgr.agentchannel.v1.AgentChannel/Connect"
+RESET = "TRUNCATE events, performance_samples, state_changes, committed_batches, late_data_drops"
+
+
+def stamp(moment: datetime) -> Timestamp:
+    value = Timestamp()
+    value.FromDatetime(moment)
+    return value
+
+
+def make_batches(agent: int, count: int, items: int, now: datetime) -> list[pb.DataBatch]:
+    """One agent's bulk-lane batches, one event to three performance samples, as bench_ingest forms them."""
+    rng = random.Random(agent)
+    epoch = str(uuid.uuid4())
+    batches = []
+    for seq in range(count):
+        wire = pb.DataBatch(epoch=epoch, seq=seq, lane=pb.LANE_BULK)
+        for n in range(items):
+            at = stamp(now - timedelta(seconds=rng.randint(0, 3600)))
+            if n % 4 == 0:
+                wire.items.add().event.CopyFrom(pb.Event(
+                    logged_at=at, object_key=f"Linux.Computer:web{agent:02d}.bench.test", channel="syslog",
+                    source="sshd", number=4625, level=3, description=f"Failed password for invalid user {seq}.{n}"))
+            else:
+                wire.items.add().performance.CopyFrom(pb.PerformanceSample(
+                    sampled_at=at, object_key=f"Linux.Computer:web{agent:02d}.bench.test", object_name="Processor",
+                    counter_name="% Processor Time", instance_name=f"cpu{n % 16}", value=rng.random() * 100))
+        batches.append(wire)
+    return batches
+
+
+def agent_name(index: int) -> str:
+    return f"web{index:02d}.bench.test"
+
+
+class ServerUnderTest:
+    def __init__(self, folder: Path, operational_dsn: str, warehouse_dsn: str, agents: int, writers: int) -> None:
+        now = datetime.now(UTC)
+        self.ca = create_ca(GROUP, now)
+        server = issue_with_new_key(self.ca, Approval(NAMES.identity(), "bench", now), now,
+                                    dns_names=NAMES.dns_names())
+        (folder / "tls.crt").write_bytes(server.certificate_pem())
+        (folder / "tls.key").write_bytes(server.key_pem())
+        (folder / "ca.crt").write_bytes(self.ca.certificate_pem())
+        (folder / "directory.yaml").write_text(yaml.safe_dump(
+            {"agents": [{"fqdn": agent_name(i), "approval": "Approved"} for i in range(agents)]}))
+        self.port, self.metrics_port = free_port(), free_port()
+        config = {"group": GROUP, "name": NAMES.identity().name, "listen": {"address": "127.0.0.1", "port": self.port},
+                  "tls": {"certificate": "tls.crt", "key": "tls.key", "ca_bundle": "ca.crt"},
+                  "databases": {"operational_dsn": operational_dsn, "warehouse_dsn": warehouse_dsn},
+                  "metrics": {"address": "127.0.0.1", "port": self.metrics_port},
+                  "directory": {"file": "directory.yaml"}, "log": {"level": "WARNING"},
+                  "ingest": {"writers_per_database": writers}}
+        (folder / "server.yaml").write_text(yaml.safe_dump(config))
+        self.log = (folder / "server.log").open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "opsmgr", "server", "--config",
+                                         str(folder / "server.yaml")], stdout=self.log, stderr=subprocess.STDOUT)
+        self.credentials = []
+        for i in range(agents):
+            issued = issue_with_new_key(self.ca, Approval(Identity.of(GROUP, Role.AGENT, agent_name(i)), "bench",
+                                                          now), now)
+            self.credentials.append(grpc.ssl_channel_credentials(
+                root_certificates=self.ca.certificate_pem(), private_key=issued.key_pem(),
+                certificate_chain=issued.certificate_pem()))
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}; see its log")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("the server never answered /healthz")
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+async def send_all(port: int, credentials: grpc.ChannelCredentials, batches: list[bytes], window: int) -> None:
+    """One agent's stream: keep `window` batches unacknowledged; done when both databases acked every batch."""
+    options = [("grpc.ssl_target_name_override", TARGET), ("grpc.enable_http_proxy", 0)]
+    async with aio.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as chan:
+        call = chan.stream_stream(METHOD, request_serializer=None, response_deserializer=pb.ServerMessage.FromString)()
+        await call.write(pb.AgentMessage(hello=pb.Hello(min_version=1, max_version=1)).SerializeToString())
+        welcome = await call.read()
+        assert welcome.WhichOneof("body") == "welcome", welcome
+        open_slots = asyncio.Semaphore(window)
+        acks: dict[int, int] = {}
+
+        async def read_acks() -> None:
+            while len([seq for seq, count in acks.items() if count == 2]) < len(batches):
+                reply = await call.read()
+                assert reply is not aio.EOF, "the stream ended early"
+                ack = reply.ack
+                assert ack.outcome == pb.Ack.OUTCOME_COMMITTED, ack
+                acks[ack.seq] = acks.get(ack.seq, 0) + 1
+                if acks[ack.seq] == 2:
+                    open_slots.release()
+
+        reader = asyncio.create_task(read_acks())
+        for raw in batches:
+            await open_slots.acquire()
+            await call.write(raw)
+        await reader
+        await call.done_writing()
+
+
+async def main(agents: int, batches_per_agent: int, items: int, window: int, runs: int, *, writers: int,
+               fsync: bool) -> None:
+    restrict_cipher_suites()
+    folder = Path(tempfile.mkdtemp(prefix="opsmgr-bench-server-"))
+    # Its own folder: LocalPostgres hands it to the postgres account when we run as root.
+    pg_folder = Path(tempfile.mkdtemp(prefix="opsmgr-bench-pg-"))
+    postgres = LocalPostgres(pg_folder, fsync=fsync)
+    postgres.start()
+    server: ServerUnderTest | None = None
+    try:
+        admin = await asyncpg.connect(postgres.dsn())
+        for name in ("operational", "warehouse", "raw"):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        op, wh, raw = [await asyncpg.connect(postgres.dsn(n)) for n in ("operational", "warehouse", "raw")]
+        now = datetime.now(UTC)
+        for conn, database in ((op, Database.OPERATIONAL), (wh, Database.WAREHOUSE), (raw, Database.OPERATIONAL)):
+            await prepare_database(conn, database, Retention(), now=now)
+        server = ServerUnderTest(folder, postgres.dsn("operational"), postgres.dsn("warehouse"), agents, writers)
+        await asyncio.to_thread(server.wait_ready)
+        total = agents * batches_per_agent * items
+        server_runs, raw_runs, server_cpu = [], [], []
+        for _ in range(runs):
+            # Fresh epochs every run: the server must write, not find the batches already committed.
+            wires = [make_batches(a, batches_per_agent, items, now) for a in range(agents)]
+            rows: dict[str, list[tuple[object, ...]]] = {}
+            for a, agent_wires in enumerate(wires):
+                for wire in agent_wires:
+                    planned = plan_write(to_batch(agent_name(a), wire), Database.OPERATIONAL, Retention(), now)
+                    for table, table_rows in planned.rows.items():
+                        rows.setdefault(table, []).extend(table_rows)
+            raw_bytes = [[pb.AgentMessage(batch=w).SerializeToString() for w in agent_wires] for agent_wires in wires]
+            await raw.execute(RESET)
+            start = time.perf_counter()
+            for table, table_rows in rows.items():
+                await raw.copy_records_to_table(table, records=table_rows, columns=TABLE_COLUMNS[table])
+            raw_runs.append(total / (time.perf_counter() - start))
+            await asyncio.gather(op.execute(RESET), wh.execute(RESET))
+            cpu_before = server.cpu_seconds()
+            start = time.perf_counter()
+            await asyncio.gather(*(send_all(server.port, server.credentials[a], raw_bytes[a], window)
+                                   for a in range(agents)))
+            elapsed = time.perf_counter() - start
+            server_runs.append(total / elapsed)
+            server_cpu.append((server.cpu_seconds() - cpu_before) / elapsed)
+        for conn in (op, wh, raw):
+            await conn.close()
+    finally:
+        if server is not None:
+            server.stop()
+        postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(pg_folder, ignore_errors=True)
+    through_server = Figure("through the server over mTLS, operational + warehouse, until the last ack", "items/s",
+                            tuple(server_runs))
+    baseline = Figure("raw COPY into one database", "rows/s", tuple(raw_runs))
+    print(f"{agents} agents x {batches_per_agent} bulk batches x {items} items (1 event : 3 performance samples), "
+          f"window {window} batches per agent, {writers} writers per database, fsync {'on' if fsync else 'off'}, "
+          f"PostgreSQL at {postgres.bin_dir}")
+    print(f"{os.cpu_count()} CPUs (server, PostgreSQL and the agents share them), "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    for figure in (baseline, through_server):
+        print(figure.line())
+    print(f"server process busy {statistics.median(server_cpu):.0%} of one CPU while ingesting (median)")
+    print(f"ratio server / raw COPY (medians): {through_server.median / baseline.median:.2f} (target >= 0.4)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=4, help="concurrent agent streams")
+    parser.add_argument("--batches", type=int, default=50, help="bulk-lane batches per agent per run")
+    parser.add_argument("--items", type=int, default=500, help="items per batch")
+    parser.add_argument("--window", type=int, default=8, help="unacknowledged batches per agent")
+    parser.add_argument("--writers", type=int, default=2, help="the server's writers per database")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each measurement (medians are compared)")
+    parser.add_argument("--no-fsync", action="store_true", help="trade durability for speed, as the tests do")
+    args = parser.parse_args()
+    asyncio.run(main(args.agents, args.batches, args.items, args.window, args.runs, writers=args.writers,
+                     fsync=not args.no_fsync))
