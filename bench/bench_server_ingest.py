@@ -5,7 +5,7 @@ from several agents over real mTLS gRPC streams and acknowledges each once the o
 both committed it; the figure is items per second until the last ack. The baseline COPYs the same rows into one
 database's tables, one COPY per table. Tables are emptied before every measurement.
 
-    .venv/bin/python -m bench.bench_server_ingest [--agents 4] [--batches 50] [--items 500] [--window 8] [--runs 5]
+    .venv/bin/python -m bench.bench_server_ingest [--agents 4] [--batches 50] [--items 500] [--window 16] [--runs 5]
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ if __name__ == "__main__":
     parser.add_argument("--agents", type=int, default=4, help="concurrent agent streams")
     parser.add_argument("--batches", type=int, default=50, help="bulk-lane batches per agent per run")
     parser.add_argument("--items", type=int, default=500, help="items per batch")
-    parser.add_argument("--window", type=int, default=8, help="unacknowledged batches per agent")
+    parser.add_argument("--window", type=int, default=16, help="unacknowledged batches per agent")
     parser.add_argument("--writers", type=int, default=2, help="the server's writers per database")
     parser.add_argument("--runs", type=int, default=5, help="runs of each measurement (medians are compared)")
     parser.add_argument("--no-fsync", action="store_true", help="trade durability for speed, as the tests do")
