@@ -72,6 +72,8 @@ class Collection:
         """The connection's config listener: run the packs of Welcome or ConfigUpdate, if they changed."""
         if config.config_version and config.config_version == self._config_version:
             return
+        if not config.management_packs_json:
+            return  # the server says nothing about packs (it sends "[]" to remove them all): keep what runs
         self.apply_plan(plan_from_json(config.management_packs_json, self.settings.labels))
         self._config_version = config.config_version or None
 

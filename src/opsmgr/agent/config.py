@@ -10,6 +10,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from opsmgr.agent.collection import CollectionSettings
 from opsmgr.agent.connection import ConnectionSettings
 from opsmgr.agent.queue import MIN_LIMIT_BYTES
 from opsmgr.agent.queue_policy import DEFAULT_LIMIT_BYTES, SendWindow
@@ -105,6 +106,7 @@ class AgentConfig(_Section):
     queue: QueueConfig
     connection: ConnectionConfig = Field(default_factory=ConnectionConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    collection: CollectionSettings = Field(default_factory=CollectionSettings)
     # Off only where several simulated hosts share one machine (development, tests): see opsmgr.agent.host_role.
     refuse_on_management_host: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -254,6 +254,8 @@ class ServerConnection:
             self.state.streams_opened += 1
             self.state.servers_welcomed.append(server)
             self.choice = self.choice.connected().with_failovers(tuple(welcome.config.failover_servers))
+            if self._config_listener is not None and welcome.HasField("config"):
+                self._config_listener(welcome.config)  # the packs of a fresh stream come in Welcome, not ConfigUpdate
             log.info("connected to %s (server %s, session %s, protocol %d)", server, welcome.server,
                      welcome.session_id, welcome.version)
             stream = _Stream(self, call, identity, welcome, stop)

@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, datetime
 
 from opsmgr.agent import host_role
+from opsmgr.agent.collection import Collection
 from opsmgr.agent.config import AgentConfig
 from opsmgr.agent.connection import AgentFacts, ServerConnection
 from opsmgr.agent.identity_store import IdentityStore
@@ -72,14 +73,21 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
     queue = await DiskQueue.open(config.queue.path, config.queue.limit_bytes)
     log.info("agent %s starting: queue %s (epoch %s, limit %d bytes), primary %s", config.fqdn, queue.path,
              queue.epoch, queue.limit_bytes, config.servers.primary)
+    # Collectors write into the queue; tasks and pushed packs arrive through the connection.
+    settings = config.collection
+    if "state_directory" not in settings.model_fields_set:  # keep collection state beside the queue by default
+        settings = settings.model_copy(update={"state_directory": config.queue.path.parent / "collection"})
+    collection = Collection(settings, fqdn=config.fqdn, placement=config.placement, sink=queue)
     connection = ServerConnection(config.connection_settings(), AgentFacts(config.fqdn, config.placement), queue,
-                                  identity)
+                                  identity, task_handler=collection.tasks, config_listener=collection.apply_config)
     monitor = asyncio.create_task(SendQueueMonitor(queue, config.fqdn).run(config.health.send_queue_check_seconds))
+    await collection.start()
     try:
         await connection.run(stop)
     finally:
         monitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await monitor
+        await collection.stop()
         await queue.close()
     log.info("agent %s stopped", config.fqdn)
