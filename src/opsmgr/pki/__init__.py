@@ -1,7 +1,7 @@
 """Certificates: the management-group CA, role profiles, renewal, revocation, CSR validation and certificate import.
 
-Pure and I/O-free except `certimport.write_identity` and the `cli` module. Every error a person can cause is a
-`CertificateError` naming the check, the field, the value and the fix.
+Pure and I/O-free except `certimport.write_identity`, the `revocation_watch` file poller and the `cli` module.
+Every error a person can cause is a `CertificateError` naming the check, the field, the value and the fix.
 """
 
 from opsmgr.pki.ca import (

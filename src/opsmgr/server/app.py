@@ -15,13 +15,14 @@ from grpc import aio
 from opsmgr.db.alert_sync import sync_alerts_to_warehouse
 from opsmgr.db.cli import redact_dsn
 from opsmgr.db.model import Database, Retention
-from opsmgr.server.channel import AgentChannel, grpc_options, server_credentials
+from opsmgr.pki.revocation_watch import RevocationWatch
+from opsmgr.protocol.transport import grpc_options, server_credentials
+from opsmgr.server.channel import AgentChannel
 from opsmgr.server.config import ServerConfig
 from opsmgr.server.directory import AgentDirectory, FileAgentDirectory
 from opsmgr.server.ingest import DatabaseLink, IngestPipeline
 from opsmgr.server.metrics import HealthEndpoint, ServerMetrics
 from opsmgr.server.presence import PresenceLedger
-from opsmgr.server.revocations import RevocationWatch
 from opsmgr.server.session import SessionSettings
 
 log = logging.getLogger(__name__)

@@ -17,21 +17,18 @@ from grpc import aio
 
 from opsmgr.db.model import Database
 from opsmgr.pki.errors import CertificateError
+from opsmgr.pki.revocation_watch import RevocationWatch
 from opsmgr.pki.verify import authorize_peer, peer_certificate
-from opsmgr.protocol.limits import MAX_MESSAGE_BYTES
 from opsmgr.server.admission import Refusal, admit_speaker, admit_stream, claimed_role
 from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger
-from opsmgr.server.revocations import RevocationWatch
 from opsmgr.server.session import AgentSession, SessionSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE = "opsmgr.agentchannel.v1.AgentChannel"
-# Room above our own limit, so a message a little too large reaches the session and is refused with a reason.
-GRPC_RECEIVE_LIMIT = 2 * MAX_MESSAGE_BYTES
 
 
 class AgentChannel:
@@ -119,20 +116,3 @@ class AgentChannel:
                 refusal = admit_speaker(session.identity, session.agent, self.directory)
             if refusal is not None:
                 session.close(grpc.StatusCode.PERMISSION_DENIED, refusal)
-
-
-def server_credentials(key_pem: bytes, certificate_pem: bytes, ca_bundle_pem: bytes) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials([(key_pem, certificate_pem)], root_certificates=ca_bundle_pem,
-                                       require_client_auth=True)
-
-
-def grpc_options() -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        # Dead agents (a pulled cable, a frozen VM) are noticed by keepalive, not by the next write.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
