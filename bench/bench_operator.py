@@ -1,6 +1,6 @@
 """N Agent CRs to Ready with certificates, through the shipped operator on a real API server.
 
-Starts a local control plane, applies the CRDs and deploy/operator.yaml's RBAC, runs `opsmgr operator` as its
+Starts a local control plane, applies the CRDs and deploy/opsmgr.yaml's RBAC, runs `opsmgr operator` as its
 ServiceAccount, creates one AutoApprove group and N Node agents, and waits until every agent is Ready (approved,
 assigned, certificate Secret issued). Prints wall time, agents/s, the operator's peak RSS and the API requests
 its handlers sent per second (kopf's own watch and progress-annotation requests are not in that count).
@@ -77,7 +77,7 @@ def main(agents: int) -> None:
         cluster.kubectl("apply", "--server-side", "-f", "-", input=crd_stream(RESOURCES))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                         *[f"crd/{r.crd_name()}" for r in RESOURCES])
-        rbac = [d for d in yaml.safe_load_all((REPO / "deploy" / "operator.yaml").read_text())
+        rbac = [d for d in yaml.safe_load_all((REPO / "deploy" / "opsmgr.yaml").read_text())
                 if d and d["kind"] != "Deployment"]
         cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(rbac))
         cluster.kubectl("create", "namespace", NAMESPACE)

@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "opsmgr"
 CRDS = ROOT / "crds"
 DEPLOY = ROOT / "deploy" / "opsmgr.yaml"
-OPERATOR_DEV_MANIFEST = ROOT / "deploy" / "operator.yaml"
 MANIFESTS_TOOL = ROOT / "tools" / "manifests.py"
 PLAIN_NAMESPACE = "opsmgr-system"  # what deploy/opsmgr.yaml installs into
 

@@ -13,7 +13,6 @@ from tests.integration.install.conftest import (
     CHART,
     CRDS,
     MANIFESTS_TOOL,
-    OPERATOR_DEV_MANIFEST,
     ROOT,
     Document,
     Helm,
@@ -202,21 +201,6 @@ def test_operator_rights_name_every_resource_and_verb_and_include_no_escalation(
     # Secrets only by name: listing or watching them would expose every Secret in the cluster.
     secrets = {verb for r in rules if "" in r["apiGroups"] and "secrets" in r["resources"] for verb in r["verbs"]}
     assert not secrets & {"list", "watch"}
-
-
-def _grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
-    """Each (group, resource, resourceName or '', verb) the rules allow, so two spellings of one grant compare equal."""
-    return {(group, resource, name, verb) for rule in rules for group in rule["apiGroups"]
-            for resource in rule["resources"] for name in rule.get("resourceNames") or [""] for verb in rule["verbs"]}
-
-
-def test_chart_grants_the_operator_what_its_own_manifest_grants(helm: Helm) -> None:
-    # While the operator's development manifest exists beside the chart, both must grant the same rights.
-    # (Not a skip: CI fails skipped integration tests, and without that manifest there is nothing to compare.)
-    if not OPERATOR_DEV_MANIFEST.exists():
-        return
-    theirs = documents(OPERATOR_DEV_MANIFEST.read_text())
-    assert _grants(_rules(helm.template())) == _grants(_rules(theirs))
 
 
 def test_the_values_skaffold_sets_are_accepted(helm: Helm) -> None:

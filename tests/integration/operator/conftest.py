@@ -1,5 +1,6 @@
 """The operator as it ships: a subprocess `opsmgr operator` authenticated as its ServiceAccount, holding only the
-ClusterRole of deploy/operator.yaml, against the session's real API server and controller manager.
+ClusterRole of deploy/opsmgr.yaml (generated from the chart), against the session's real API server and
+controller manager.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from opsmgr.dev.postgres import free_port
 from tests.integration.api.conftest import Kubectl
 
 REPO = Path(__file__).resolve().parents[3]
-DEPLOY = REPO / "deploy" / "operator.yaml"
+DEPLOY = REPO / "deploy" / "opsmgr.yaml"
 EXAMPLES = REPO / "examples"
 OPERATOR_ACCOUNT = ("opsmgr-system", "opsmgr-operator")
 # An image name with "opsmgr" in it: the local runtime runs the venv's `opsmgr` for it.
