@@ -74,6 +74,8 @@ class CertificatesConfig(_Section):
     directory: Path  # tls.crt, tls.key, ca.crt
     renew: bool = True
     renew_before_days: Annotated[float, Field(gt=0, le=3650)] | None = None
+    # In a pod the certificate arrives after the process starts (an optional Secret volume): wait, never exit.
+    wait_for_identity: bool = False
 
 
 class QueueConfig(_Section):

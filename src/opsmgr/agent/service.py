@@ -12,7 +12,7 @@ from opsmgr.agent import host_role
 from opsmgr.agent.collection import Collection
 from opsmgr.agent.config import AgentConfig
 from opsmgr.agent.connection import AgentFacts, ServerConnection
-from opsmgr.agent.identity_store import IdentityStore
+from opsmgr.agent.identity_store import IdentityError, IdentityStore
 from opsmgr.agent.queue import DiskQueue
 from opsmgr.agent.queue_policy import QueueHealth, percent_used, queue_health
 from opsmgr.agent.sink import HealthState, computer_key, performance, state_change
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SEND_QUEUE_COUNTER = ("Health Service", "Send Queue % Used")
 SEND_QUEUE_MONITOR = "HealthService.SendQueuePercentUsed"
 _HEALTH_META = "send_queue_health"
+IDENTITY_POLL_SECONDS = 2.0
 
 
 class AgentRefused(RuntimeError):
@@ -62,6 +63,23 @@ class SendQueueMonitor:
             await asyncio.sleep(interval_seconds)
 
 
+async def wait_for_identity(identity: IdentityStore, stop: asyncio.Event,
+                            poll_seconds: float = IDENTITY_POLL_SECONDS) -> bool:
+    """Wait until the identity directory holds a usable identity; False when stopped first."""
+    reported = ""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(identity.load)
+            return True
+        except IdentityError as error:
+            if str(error) != reported:
+                reported = str(error)
+                log.warning("waiting for this agent's certificate: %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_seconds)
+    return False
+
+
 async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set; raises AgentRefused before touching anything when this host must not run one."""
     if config.refuse_on_management_host:
@@ -69,6 +87,8 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         if reason is not None:
             raise AgentRefused(reason)
     identity = IdentityStore(config.certificates.directory)
+    if config.certificates.wait_for_identity and not await wait_for_identity(identity, stop):
+        return
     await asyncio.to_thread(identity.load)  # a missing or mismatched identity fails now, with its fix
     queue = await DiskQueue.open(config.queue.path, config.queue.limit_bytes)
     log.info("agent %s starting: queue %s (epoch %s, limit %d bytes), primary %s", config.fqdn, queue.path,

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,7 @@ from opsmgr.api.common import (
     AGE_COLUMN,
     DESCRIPTION_MAX,
     MESSAGE_COLUMN,
+    NAME_MAX,
     READY_COLUMN,
     ApiModel,
     CelRule,
@@ -206,6 +207,37 @@ class NotificationTarget(ApiModel):
     """Secret key holding a bearer token sent in the Authorization header."""
 
 
+IN_CLUSTER_QUEUE_LIMIT_MB = 100
+
+
+class NodeAgentsSpec(ApiModel):
+    """One agent per node (a DaemonSet), each monitoring its node and the pods scheduled on it."""
+
+    enabled: bool = False
+    """Run an agent on every node the selector picks, with an Agent resource per node."""
+    node_selector: dict[str, Annotated[str, Field(max_length=NAME_MAX)]] = Field(default_factory=dict, max_length=16)
+    """Only nodes with these labels get an agent; every Linux node when empty."""
+    queue_host_path: str = Field(default="/var/lib/opsmgr/node-agents", min_length=2, max_length=1024,
+                                 pattern=r"^/[^\x00]*[^/]$")
+    """Directory on each node holding the agent's queue, so queued data survives pod restarts and upgrades."""
+    queue_limit_mb: int = Field(default=IN_CLUSTER_QUEUE_LIMIT_MB, ge=5, le=1500, alias="queueLimitMB")
+    """Size of each node agent's send queue in MB; when full, the oldest lowest-priority data is evicted."""
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """CPU and memory of each node agent."""
+
+
+class SidecarAgentsSpec(ApiModel):
+    """Agents injected as native sidecars into pods labelled opsmgr.io/inject-agent=true."""
+
+    queue_limit_mb: int = Field(default=IN_CLUSTER_QUEUE_LIMIT_MB, ge=5, le=1500, alias="queueLimitMB")
+    """Size of each sidecar's send queue in MB; its emptyDir's sizeLimit is set above it, so the agent evicts
+    data before the kubelet evicts the pod."""
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    """CPU and memory of each injected agent container."""
+    retire_after: Duration = "15m"
+    """An Agent whose pod vanished without a trace is retired after this long (Go duration)."""
+
+
 class ManagementGroupSpec(ApiModel):
     """A management group: management servers, their OperationalDB and DataWarehouse, and agent policy."""
 
@@ -235,6 +267,10 @@ class ManagementGroupSpec(ApiModel):
     notifications: list[NotificationTarget] = Field(default_factory=list, max_length=16,
                                                     json_schema_extra=list_map("name"))
     """Alert forwarding targets, keyed by name."""
+    node_agents: NodeAgentsSpec = Field(default_factory=NodeAgentsSpec)
+    """Node placement: a DaemonSet of agents, one Agent per node."""
+    sidecar_agents: SidecarAgentsSpec = Field(default_factory=SidecarAgentsSpec)
+    """Sidecar placement: how injected agents of this group run."""
 
 
 class ServerCounts(ApiModel):
