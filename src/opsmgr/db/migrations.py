@@ -200,6 +200,22 @@ CREATE TABLE notification_watermarks (
     scanned_at timestamptz NOT NULL DEFAULT now()
 );
 """),
+    Migration(3, "agent presence shared by the management servers", """
+-- Which server holds each agent's stream and its last heartbeat, written at most every few seconds per server,
+-- so the server that watches an agent connected elsewhere (or to nobody) knows when it last spoke.
+CREATE TABLE agent_presence (
+    agent text PRIMARY KEY,
+    server text NOT NULL,
+    session_id text NOT NULL,
+    connected boolean NOT NULL,
+    connected_at timestamptz NOT NULL,
+    last_heartbeat_at timestamptz,
+    goodbye_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- Watchers read what changed since their last read.
+CREATE INDEX agent_presence_updated_at ON agent_presence (updated_at);
+"""),
 )
 
 WAREHOUSE_MIGRATIONS: tuple[Migration, ...] = (

@@ -8,10 +8,11 @@ a third of them to the new server, scaling 3 -> 2 moves only the agents of the r
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from opsmgr.protocol.rendezvous import rank
 
 FAILOVER_SERVERS = 1  # Operations Manager agents keep one failover server by default
 
@@ -20,15 +21,6 @@ FAILOVER_SERVERS = 1  # Operations Manager agents keep one failover server by de
 class Assignment:
     primary: str
     failover: tuple[str, ...]
-
-
-def _score(member: str, server: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{member}\x00{server}".encode(), digest_size=8).digest(), "big")
-
-
-def rank(member: str, servers: Iterable[str]) -> list[str]:
-    """`servers` in this member's order of preference."""
-    return sorted(servers, key=lambda server: (-_score(member, server), server))
 
 
 def assign(member: str, servers: Sequence[str], pinned_primary: str | None = None,

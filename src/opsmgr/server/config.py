@@ -127,6 +127,25 @@ class IngestConfig(_Section):
     partition_maintenance_seconds: Annotated[float, Field(gt=0)] = 3600.0
 
 
+class KubernetesConfig(_Section):
+    """Where the group's resources live; present when the server runs in a cluster (the operator renders it)."""
+
+    namespace: Annotated[str, Field(min_length=1, max_length=63)]  # Agents, packs, tasks and Leases of the group
+    member: str | None = None  # this server's name in the fleet (its Pod's name); the first label of `name` when unset
+    kubeconfig: ReadableFile | None = None  # in-cluster credentials when unset
+    lease_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
+    renew_seconds: Annotated[float, Field(gt=0, le=100)] = 5.0
+
+
+class WatcherConfig(_Section):
+    """The health service watcher; the group's interval is `heartbeat_interval_seconds`, Agents may override both."""
+
+    missed_threshold: Annotated[int, Field(ge=1, le=100)] = 4  # Operations Manager's default
+    presence_flush_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    status_heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 180.0  # lastHeartbeatTime at most this often
+    probe_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
 class LogConfig(_Section):
     format: Literal["json", "keyvalue"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -142,7 +161,9 @@ class ServerConfig(_Section):
     revocations: RevocationConfig = RevocationConfig()
     directory: DirectoryConfig
     ingest: IngestConfig = IngestConfig()
-    heartbeat_interval_seconds: Annotated[int, Field(ge=5, le=3600)] = 60  # Operations Manager's default
+    heartbeat_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 60  # Operations Manager's default; 1 for tests
+    watcher: WatcherConfig = WatcherConfig()
+    kubernetes: KubernetesConfig | None = None
     log: LogConfig = LogConfig()
 
 
@@ -187,7 +208,7 @@ def load_config(path: Path) -> ServerConfig:
 
 
 _PATH_FIELDS = (("tls", "certificate"), ("tls", "key"), ("tls", "ca_bundle"), ("revocations", "file"),
-                ("directory", "file"))
+                ("directory", "file"), ("kubernetes", "kubeconfig"))
 
 
 def _anchor_paths(document: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -103,6 +103,13 @@ class HeartbeatWatcher:
         watch = self._watches.get(agent)
         return watch.status if watch else None
 
+    def last_heartbeat(self, agent: str) -> float | None:
+        watch = self._watches.get(agent)
+        return watch.last_heartbeat if watch else None
+
+    def agents(self) -> list[str]:
+        return list(self._watches)
+
     def open_alerts(self, agent: str) -> frozenset[str]:
         watch = self._watches.get(agent)
         return frozenset(watch.open_alerts) if watch else frozenset()
@@ -142,14 +149,8 @@ class HeartbeatWatcher:
             return self.watch(agent, now)
         watch.last_heartbeat = max(watch.last_heartbeat, now)
         watch.planned_absence = False
-        watch.probe_outstanding = False
-        events: list[WatchEvent] = [AlertResolved(agent, name, now) for name in sorted(watch.open_alerts)]
-        watch.open_alerts.clear()
-        if watch.status is not HeartbeatStatus.OK:
-            watch.status = HeartbeatStatus.OK
-            events.append(StatusChanged(agent, HeartbeatStatus.OK, now))
         # No push here: the entry already in the heap pops at the old deadline and is pushed back then.
-        return events
+        return self._all_clear(watch, now)
 
     def goodbye(self, agent: str, now: float) -> list[WatchEvent]:
         """A planned shutdown (Goodbye) or a planned pod removal: the coming silence raises nothing."""
@@ -158,6 +159,25 @@ class HeartbeatWatcher:
             return []
         watch.planned_absence = True
         return []
+
+    def planned_removal(self, agent: str, now: float) -> list[WatchEvent]:
+        """The computer is going away on purpose (its Pod is being deleted): take back what its silence raised."""
+        watch = self._watches.get(agent)
+        if watch is None:
+            return []
+        watch.planned_absence = True
+        return self._all_clear(watch, now)
+
+    @staticmethod
+    def _all_clear(watch: AgentWatch, now: float) -> list[WatchEvent]:
+        """Resolve what the agent's silence raised and report it OK again."""
+        watch.probe_outstanding = False
+        events: list[WatchEvent] = [AlertResolved(watch.agent, name, now) for name in sorted(watch.open_alerts)]
+        watch.open_alerts.clear()
+        if watch.status is not HeartbeatStatus.OK:
+            watch.status = HeartbeatStatus.OK
+            events.append(StatusChanged(watch.agent, HeartbeatStatus.OK, now))
+        return events
 
     def set_maintenance(self, agent: str, in_maintenance: bool, now: float) -> list[WatchEvent]:
         """Maintenance silences the watcher; when it ends the agent gets a full window before it is judged."""
