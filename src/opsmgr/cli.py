@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "alerts": ("opsmgr.db.alerts_cli:alerts", "List alerts and storms; acknowledge, resolve or close them."),
     "server": ("opsmgr.server.cli:server", "Run a management server: agent channel on 5723, ingest, /metrics."),
     "agent": ("opsmgr.agent.cli:agent", "Run an agent: durable queue, stream to its management servers, heartbeats."),
+    "enroll": ("opsmgr.agent.enroll:enroll", "Get this agent's first certificate with a join or ServiceAccount token."),
+    "token": ("opsmgr.server.enrollment_cli:token", "Create, list or delete join tokens with which VMs enroll."),
+    "agents": ("opsmgr.server.enrollment_cli:agents", "Approve or reject agents waiting for approval."),
+    "gateway": ("opsmgr.gateway.cli:gateway", "Run a gateway: relay agents outside the trust boundary to servers."),
 }
 
 

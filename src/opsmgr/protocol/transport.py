@@ -3,7 +3,11 @@ message limits with room for a reasoned refusal, and keepalive that notices dead
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
+from grpc import aio
 
 from opsmgr.protocol.limits import MAX_MESSAGE_BYTES
 
@@ -29,3 +33,17 @@ def grpc_options() -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+async def open_listener(handler: grpc.GenericRpcHandler, *, address: str, port: int, key: Path, certificate: Path,
+                        ca_bundle: Path) -> tuple[aio.Server, int]:
+    """A started gRPC listener requiring client certificates from `ca_bundle`, and the port it bound."""
+    server = aio.server(options=grpc_options())
+    server.add_generic_rpc_handlers([handler])
+    credentials = server_credentials(*await asyncio.to_thread(
+        lambda: (key.read_bytes(), certificate.read_bytes(), ca_bundle.read_bytes())))
+    bound = server.add_secure_port(f"{address}:{port}", credentials)
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}:{port} (listen.port): is it in use?")
+    await server.start()
+    return server, bound

@@ -118,7 +118,8 @@ async def warehouse_dsn(warehouse_server: LocalPostgres) -> AsyncIterator[str]:
 
 @dataclass
 class ServerProcess:
-    """One `opsmgr server --config FILE` subprocess, restartable on the same ports and files."""
+    """One `opsmgr server --config FILE` subprocess (or another `role`: the gateway's tests run `opsmgr gateway`
+    with it), restartable on the same ports and files."""
 
     directory: Path
     config: dict[str, Any]
@@ -128,30 +129,31 @@ class ServerProcess:
     starts: int = 0
     revocations: RevocationSet = field(default_factory=RevocationSet)
     env: dict[str, str] = field(default_factory=dict)
+    role: str = "server"
 
     @property
     def config_path(self) -> Path:
-        return self.directory / "server.yaml"
+        return self.directory / f"{self.role}.yaml"
 
     @property
     def log_path(self) -> Path:
-        return self.directory / "server.log"
+        return self.directory / f"{self.role}.log"
 
     def start(self, timeout: float = 60) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.starts += 1
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "opsmgr", "server", "--config", str(self.config_path)],
+                [sys.executable, "-m", "opsmgr", self.role, "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"the {self.role} exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.healthz() is not None:
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"the server did not answer /healthz within {timeout} s:\n{self.log_tail()}")
+        raise TimeoutError(f"the {self.role} did not answer /healthz within {timeout} s:\n{self.log_tail()}")
 
     def healthz(self) -> dict[str, Any] | None:
         try:
