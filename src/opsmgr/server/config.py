@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from opsmgr.pki.errors import CertificateError
 from opsmgr.pki.names import normalize_fqdn, normalize_group
+from opsmgr.protocol.enrollment import ENROLLMENT_PORT
 from opsmgr.protocol.limits import AGENT_PORT, MAX_BATCH_ITEMS
 
 # Fixes shown with a pydantic error, by the last element of the field path.
@@ -146,6 +147,16 @@ class WatcherConfig(_Section):
     probe_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
+class EnrollmentConfig(_Section):
+    """The enrollment endpoint (server-only TLS); it runs only when the `kubernetes` section gives API access."""
+
+    enabled: bool = True
+    address: str = "0.0.0.0"  # noqa: S104  (VMs enroll from other hosts)
+    port: Annotated[int, Field(ge=0, le=65535)] = ENROLLMENT_PORT  # 0 picks a free port (tests)
+    ca_secret: str | None = None  # the generated CA's Secret; `<group>-ca` when unset (the operator renders it)
+    retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5  # how soon a Pending agent asks again
+
+
 class LogConfig(_Section):
     format: Literal["json", "keyvalue"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -164,6 +175,7 @@ class ServerConfig(_Section):
     heartbeat_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 60  # Operations Manager's default; 1 for tests
     watcher: WatcherConfig = WatcherConfig()
     kubernetes: KubernetesConfig | None = None
+    enrollment: EnrollmentConfig = EnrollmentConfig()
     log: LogConfig = LogConfig()
 
 
