@@ -16,12 +16,24 @@ from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 from prometheus_client import start_http_server
 
-from opsmgr.operator import agent, agent_task, gateway, indexes, management_group, management_pack
+from opsmgr.operator import (
+    agent,
+    agent_task,
+    gateway,
+    indexes,
+    management_group,
+    management_pack,
+    node_agents,
+    sidecar_agents,
+    webhook,
+)
 from opsmgr.operator.context import DEFAULT_IMAGE, DEFAULT_POSTGRES_IMAGE, OperatorContext
 from opsmgr.operator.kube import Kube
 from opsmgr.operator.names import FINALIZER, KOPF_PREFIX, MANAGED_BY
+from opsmgr.operator.node_agents import DEFAULT_AGENT_IMAGE
 
-HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack)
+HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack, node_agents,
+                   sidecar_agents, webhook)
 # Enough concurrent handlers to keep the API server busy without a thousand coroutines each holding a key pair.
 WORKER_LIMIT = 64
 
@@ -58,19 +70,24 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     memo.context = OperatorContext(Kube(await _api_client()), image=memo.image, postgres_image=memo.postgres_image)
     if memo.metrics_port:
         start_http_server(memo.metrics_port)
+    if memo.webhook is not None:
+        await webhook.start(memo.context, memo.webhook, memo)
     logger.info(f"opsmgr operator started; servers run {memo.image}, embedded databases {memo.postgres_image}")
 
 
 @kopf.on.cleanup()
 async def cleanup(*, memo: Any, **_: Any) -> None:
+    await webhook.stop(memo)
     context = getattr(memo, "context", None)
     if isinstance(context, OperatorContext):
         await context.kube.api.close()
 
 
 def run(*, namespaces: tuple[str, ...], image: str, postgres_image: str, metrics_port: int,
-        liveness_port: int) -> None:
-    memo = kopf.Memo(image=image, postgres_image=postgres_image, metrics_port=metrics_port)
+        liveness_port: int, agent_image: str = DEFAULT_AGENT_IMAGE,
+        webhook_settings: webhook.WebhookSettings | None = None) -> None:
+    memo = kopf.Memo(image=image, postgres_image=postgres_image, metrics_port=metrics_port, agent_image=agent_image,
+                     webhook=webhook_settings)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
     asyncio.run(kopf.operator(
         clusterwide=not namespaces, namespaces=list(namespaces), standalone=True, memo=memo,
@@ -88,10 +105,36 @@ def run(*, namespaces: tuple[str, ...], image: str, postgres_image: str, metrics
               help="Port of /metrics (0 turns it off).")
 @click.option("--liveness-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Port of the liveness endpoint /healthz (0 turns it off).")
+@click.option("--agent-image", envvar="OPSMGR_AGENT_IMAGE", default=DEFAULT_AGENT_IMAGE, show_default=True,
+              help="Image of node agents and injected sidecar agents (or $OPSMGR_AGENT_IMAGE).")
+@click.option("--webhook-port", envvar="OPSMGR_WEBHOOK_PORT", type=click.IntRange(0, 65535), default=0,
+              show_default=True, help="Port of the sidecar-injection webhook (HTTPS); 0 turns it off.")
+@click.option("--webhook-host", "webhook_hosts", multiple=True, metavar="NAME",
+              help="Name or address the kube-apiserver calls the webhook by (repeatable; its certificate's names); "
+                   "default: the webhook Service's DNS names.")
+@click.option("--webhook-service", envvar="OPSMGR_WEBHOOK_SERVICE", default="opsmgr-system/opsmgr-operator-webhook",
+              show_default=True, metavar="NAMESPACE/NAME", help="The Service in front of the webhook.")
+@click.option("--webhook-secret", envvar="OPSMGR_WEBHOOK_SECRET", default="opsmgr-system/opsmgr-webhook-tls",
+              show_default=True, metavar="NAMESPACE/NAME", help="Secret that keeps the webhook's CA and certificate.")
+@click.option("--webhook-configuration", envvar="OPSMGR_WEBHOOK_CONFIGURATION",
+              default=webhook.DEFAULT_CONFIGURATION, show_default=True, metavar="NAME",
+              help="MutatingWebhookConfiguration whose caBundle the operator keeps current.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every handler's progress.")
 def operator(*, namespaces: tuple[str, ...], image: str, postgres_image: str, metrics_port: int, liveness_port: int,
-             verbose: bool) -> None:
+             agent_image: str, webhook_port: int, webhook_hosts: tuple[str, ...], webhook_service: str,
+             webhook_secret: str, webhook_configuration: str, verbose: bool) -> None:
     """Reconcile ManagementGroups, Agents, Gateways, ManagementPacks and AgentTasks."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    settings = None
+    if webhook_port:
+        service_namespace, _, service = webhook_service.rpartition("/")
+        secret_namespace, _, secret = webhook_secret.rpartition("/")
+        if not (service_namespace and service and secret_namespace and secret):
+            raise click.BadParameter("write NAMESPACE/NAME", param_hint="--webhook-service / --webhook-secret")
+        hosts = webhook_hosts or (f"{service}.{service_namespace}.svc",
+                                  f"{service}.{service_namespace}.svc.cluster.local")
+        settings = webhook.WebhookSettings(port=webhook_port, hosts=tuple(hosts), secret_namespace=secret_namespace,
+                                           secret_name=secret, configuration=webhook_configuration,
+                                           agent_image=agent_image)
     run(namespaces=namespaces, image=image, postgres_image=postgres_image, metrics_port=metrics_port,
-        liveness_port=liveness_port)
+        liveness_port=liveness_port, agent_image=agent_image, webhook_settings=settings)
