@@ -214,6 +214,19 @@ def resolve_env(pod: Pod, container: Container, *, secrets: SecretData, config_m
     return env
 
 
+def mount_sub_path(pod: Pod, container: Container, mount: Mapping[str, Any], *, secrets: SecretData,
+                   config_maps: ConfigMapData, pod_ip: str, host_ip: str) -> str | None:
+    """A volumeMount's subPath, or its subPathExpr with $(VAR) expanded from the container's own env."""
+    if mount.get("subPath"):
+        return str(mount["subPath"])
+    expression = mount.get("subPathExpr")
+    if not expression:
+        return None
+    env = resolve_env(pod, container, secrets=secrets, config_maps=config_maps, pod_ip=pod_ip, host_ip=host_ip,
+                      base={})
+    return expand_references(str(expression), env)
+
+
 def resource_value(container: Container, ref: Mapping[str, Any]) -> str:
     """A resourceFieldRef: the limit or request as written, else the request, else `0` (no node limit here)."""
     resource = str(ref.get("resource", ""))

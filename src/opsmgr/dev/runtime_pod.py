@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmgr.dev.runtime_files import link_mount, write_volume
+from opsmgr.dev.runtime_files import DATA_LINK, link_mount, write_volume
 from opsmgr.dev.runtime_kube import ApiError, api_time
 from opsmgr.dev.runtime_lifecycle import (
     ContainerRun,
@@ -32,6 +32,7 @@ from opsmgr.dev.runtime_plan import (
     KUBECONFIG_NAME,
     ContainerConfigError,
     LaunchPlan,
+    mount_sub_path,
     plan_launch,
     token_requests,
     volume_files,
@@ -201,7 +202,10 @@ class PodWorker:
             self.volume_dirs[name] = target
             return
         if "hostPath" in volume:
-            self.volume_dirs[name] = Path(volume["hostPath"]["path"])
+            host_path = Path(volume["hostPath"]["path"])
+            if volume["hostPath"].get("type") == "DirectoryOrCreate":
+                await asyncio.to_thread(host_path.mkdir, mode=0o755, parents=True, exist_ok=True)
+            self.volume_dirs[name] = host_path
             return
         tokens: dict[str, str] = {}
         for path, audiences, seconds in token_requests(volume):
@@ -234,8 +238,14 @@ class PodWorker:
             if volume is None:
                 raise ContainerConfigError(f"volumeMount {mount['mountPath']!r} names volume {mount['name']!r}, "
                                            "which the Pod does not define or which is not ready")
-            target = volume / mount["subPath"] if mount.get("subPath") else volume
-            if mount.get("subPath") and not target.exists():
+            sub_path = mount_sub_path(self.pod, container, mount, secrets=secrets, config_maps=config_maps,
+                                      pod_ip=self.pod_ip, host_ip=HOST_IP)
+            target = volume / sub_path if sub_path else volume
+            if sub_path and not target.exists():
+                if (volume / DATA_LINK).exists():
+                    # A Secret or ConfigMap volume is read-only: the kubelet cannot create the path and waits.
+                    raise ContainerConfigError(f"volumeMount {mount['mountPath']!r}: {sub_path!r} does not exist in "
+                                               f"volume {mount['name']!r} yet")
                 target.mkdir(parents=True, exist_ok=True)
             link_mount(root, mount["mountPath"], target)
         plan = plan_launch(self.pod, container, root=str(root), pod_ip=self.pod_ip, host_ip=HOST_IP,

@@ -105,3 +105,15 @@ def test_the_webhook_certificate_names_its_hosts_and_is_kept_until_due() -> None
     assert renewed.changed and renewed.ca_pem == first.ca_pem  # the caBundle stays valid
     moved = serving_identity(first.secret_data(), ["127.0.0.2"], NOW + timedelta(days=1))
     assert moved.changed and moved.ca_pem == first.ca_pem
+
+
+def test_the_local_runtime_expands_a_node_agents_subpathexpr_from_its_env() -> None:
+    from opsmgr.dev.runtime_plan import mount_sub_path  # noqa: PLC0415 (the runtime the integration tests use)
+
+    daemonset = render_node_agent_daemonset(group(), "ghcr.io/opsmgr/opsmgr-agent:1")
+    pod = {"metadata": {"name": "a-1", "namespace": "ops"}, "spec": {**daemonset["spec"]["template"]["spec"],
+                                                                   "nodeName": "worker-1"}}
+    container = pod["spec"]["containers"][0]
+    paths = [mount_sub_path(pod, container, m, secrets={}, config_maps={}, pod_ip="127.0.0.9", host_ip="127.0.0.1")
+             for m in container["volumeMounts"]]
+    assert paths == ["worker-1.yaml", "worker-1.crt", "worker-1.key", "ca.crt", None]
