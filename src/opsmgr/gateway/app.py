@@ -40,8 +40,9 @@ class GatewayProcess:
         self.metrics = GatewayMetrics()
         self.revocations = RevocationWatch(config.revocations.file, config.revocations.poll_seconds)
         up = config.upstream
+        certificate, key = config.tls.upstream_identity()
         self.upstream = UpstreamConnection(UpstreamSettings(
-            servers=tuple(config.servers), certificate=config.tls.certificate, key=config.tls.key,
+            servers=tuple(config.servers), certificate=certificate, key=key,
             ca_bundle=config.tls.ca_bundle, tls_server_name=config.tls.server_name, backoff=up.backoff(),
             primary_attempts=up.primary_attempts, failback_seconds=up.failback_seconds,
             connect_timeout_seconds=up.connect_timeout_seconds))
@@ -77,8 +78,9 @@ class GatewayProcess:
     def _check_own_certificate(self) -> None:
         """Warn early; the servers decide (an imported gateway certificate carries no role a gateway could read)."""
         try:
-            certificate = load_certificate(self.config.tls.certificate.read_bytes(), "tls.certificate")
-            check_identity(certificate, Role.GATEWAY, self.config.name, self.config.group, "tls.certificate")
+            path, _key = self.config.tls.upstream_identity()
+            certificate = load_certificate(path.read_bytes(), str(path))
+            check_identity(certificate, Role.GATEWAY, self.config.name, self.config.group, str(path))
         except (CertificateError, OSError) as exc:
             log.error("the gateway's own certificate will not be accepted by the management servers: %s", exc)
 

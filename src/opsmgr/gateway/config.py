@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from opsmgr.pki.errors import CertificateError
@@ -81,6 +81,22 @@ class TlsConfig(_Section):
     key: ReadableFile
     ca_bundle: ReadableFile  # trusts the agents' CAs (group CA and any imported one) and the servers' CA
     server_name: str | None = None  # when servers are dialled by an address their certificates do not name
+    # The identity shown to management servers when agents are served with another one (e.g. an imported DMZ
+    # certificate outside, the group-issued gateway certificate inside); both or neither.
+    upstream_certificate: ReadableFile | None = None
+    upstream_key: ReadableFile | None = None
+
+    @model_validator(mode="after")
+    def _upstream_pair(self) -> TlsConfig:
+        if (self.upstream_certificate is None) != (self.upstream_key is None):
+            raise ValueError("tls.upstream_certificate and tls.upstream_key come together: give both or neither")
+        return self
+
+    def upstream_identity(self) -> tuple[Path, Path]:
+        """(certificate, key) the gateway presents to its management servers."""
+        if self.upstream_certificate is not None and self.upstream_key is not None:
+            return self.upstream_certificate, self.upstream_key
+        return self.certificate, self.key
 
 
 class MetricsConfig(_Section):
@@ -132,10 +148,13 @@ _FIXES = {
     "certificate": "give the path of a readable PEM file",
     "key": "give the path of a readable PEM file",
     "ca_bundle": "give the path of a readable PEM file",
+    "upstream_certificate": "give the path of a readable PEM file",
+    "upstream_key": "give the path of a readable PEM file",
     "file": "give the path of a readable file",
     "log_level": "use DEBUG, INFO, WARNING or ERROR",
 }
-_RELATIVE_PATHS = (("tls", "certificate"), ("tls", "key"), ("tls", "ca_bundle"), ("revocations", "file"))
+_RELATIVE_PATHS = (("tls", "certificate"), ("tls", "key"), ("tls", "ca_bundle"), ("tls", "upstream_certificate"),
+                   ("tls", "upstream_key"), ("revocations", "file"))
 
 
 def _problem(error: ErrorDetails) -> str:

@@ -48,17 +48,19 @@ def make_gateway(pki: Pki) -> Iterator[MakeGateway]:  # noqa: F811
     """Builds (not starts) an `opsmgr gateway` relaying to `servers` in order (primary first)."""
     made: list[ServerProcess] = []
 
-    def build(*servers: ServerProcess, credentials: Credentials | None = None, name: str = GATEWAY,
-              **overrides: Any) -> ServerProcess:
+    def build(*servers: ServerProcess, upstream: Credentials | None = None, **overrides: Any) -> ServerProcess:
+        """`upstream`: another identity to show the servers than the gateway certificate agents are served with."""
         directory = Path(tempfile.mkdtemp(prefix="opsmgr-gateway-"))
-        identity = credentials or pki.issue(Role.GATEWAY, GATEWAY)
-        (directory / "tls.crt").write_bytes(identity.certificate_pem)
-        (directory / "tls.key").write_bytes(identity.key_pem)
+        identity = pki.issue(Role.GATEWAY, GATEWAY)
+        for stem, credentials in (("tls", identity), ("upstream", upstream)):
+            if credentials is not None:
+                (directory / f"{stem}.crt").write_bytes(credentials.certificate_pem)
+                (directory / f"{stem}.key").write_bytes(credentials.key_pem)
         (directory / "ca.crt").write_bytes(pki.ca.certificate_pem())
         (directory / "revocations.yaml").write_text("revocations: []\n")
         agent_port, metrics_port = free_port(), free_port()
         config: dict[str, Any] = {
-            "group": GROUP, "name": name,
+            "group": GROUP, "name": GATEWAY,
             "listen": {"address": "127.0.0.1", "port": agent_port},
             "tls": {"certificate": "tls.crt", "key": "tls.key", "ca_bundle": "ca.crt", "server_name": TLS_NAME},
             "servers": [f"127.0.0.1:{server.agent_port}" for server in servers],
@@ -68,6 +70,8 @@ def make_gateway(pki: Pki) -> Iterator[MakeGateway]:  # noqa: F811
             "revocations": {"file": str(directory / "revocations.yaml"), "poll_seconds": 0.5},
             "refuse_on_agent_host": False,  # agents, servers and gateways share this machine in tests
         }
+        if upstream is not None:
+            config["tls"] |= {"upstream_certificate": "upstream.crt", "upstream_key": "upstream.key"}
         for section, values in overrides.items():
             config[section] = {**config[section], **values} if isinstance(values, dict) else values
         gateway = ServerProcess(directory, config, agent_port, metrics_port, role="gateway")
