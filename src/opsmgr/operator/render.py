@@ -33,6 +33,7 @@ from opsmgr.operator.names import (
 Manifest = dict[str, Any]
 
 METRICS_PORT = 9723
+GATEWAY_METRICS_PORT = 9724  # the gateway's /metrics and /healthz (opsmgr.gateway.config's default)
 POSTGRES_PORT = 5432
 DATABASE_USER = "opsmgr"
 OPERATIONAL_DATABASE = "operational"
@@ -510,6 +511,9 @@ def gateway_config(gateway: Gateway, group: ManagementGroup, primary: str, failo
         "listen": {"address": "0.0.0.0", "port": gateway.spec.port},  # noqa: S104 (agents are remote)
         "tls": {"certificate": "tls/tls.crt", "key": "tls/tls.key", "ca_bundle": f"tls/{TRUST_FILE}"},
         "servers": [f"{names.service_host(server)}:{port}" for server in (primary, *failover)],
+        "metrics": {"address": "0.0.0.0", "port": GATEWAY_METRICS_PORT},  # noqa: S104 (probes and scrapes are remote)
+        # A pod is a host of its own (PID namespace); the local runtime runs every pod as a process of one machine.
+        "refuse_on_agent_host": False,
     }
 
 
@@ -537,8 +541,10 @@ def render_gateway_deployment(gateway: Gateway, group: str, image: str, config_h
         "name": "gateway",
         "image": image,
         "command": ["opsmgr", "gateway", "--config", f"{CONFIG_MOUNT}/gateway.yaml"],
-        "ports": [{"name": "agents", "containerPort": gateway.spec.port, "protocol": "TCP"}],
-        "readinessProbe": {"tcpSocket": {"port": gateway.spec.port}, "periodSeconds": 5},
+        "ports": [{"name": "agents", "containerPort": gateway.spec.port, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP"}],
+        # /healthz answers 200 only while a management server is reachable: readyReplicas is the Gateway's health.
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": GATEWAY_METRICS_PORT}, "periodSeconds": 5},
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
         "securityContext": _container_security(),
     }

@@ -160,7 +160,10 @@ def test_a_gateway_relays_to_its_assigned_servers_through_a_service_of_its_type(
     assert config["servers"] == ["production-server-0.ops.svc:5723", "production-server-1.ops.svc:5723"]
     deployment = render.render_gateway_deployment(gateway, "production", "opsmgr:1", "h", "dmz-gateway-tls")
     assert deployment["spec"]["replicas"] == 2
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["opsmgr", "gateway"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["opsmgr", "gateway"]
+    # Ready means the gateway reaches a management server: /healthz on the port its config names.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": config["metrics"]["port"]}
     service = render.render_gateway_service(gateway, "production")
     assert service["spec"]["type"] == "LoadBalancer"
 
