@@ -30,6 +30,7 @@ import psutil
 
 from opsmgr import __version__
 from opsmgr.agent import sink
+from opsmgr.agent.node_pods import node_pod_records
 from opsmgr.agent.sink import ItemSink
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.protocol import limits
@@ -223,9 +224,12 @@ def _pairs(text: str) -> Iterable[tuple[str, str]]:
 
 
 def gather_inventory(fqdn: str, placement: str, environ: Mapping[str, str] | None = None) -> Inventory:
+    environment = os.environ if environ is None else environ
+    # A node agent also reports the pods scheduled on its node.
+    node_pods = [DiscoveredObject.of(*record) for record in node_pod_records(environment)] \
+        if placement == "node" else []
     objects = [computer(fqdn, placement), *processors(fqdn), *disks(fqdn), *file_systems(fqdn),
-               *network_adapters(fqdn), *listening_services(fqdn),
-               *pod_objects(os.environ if environ is None else environ)]
+               *network_adapters(fqdn), *listening_services(fqdn), *pod_objects(environment), *node_pods]
     if len(objects) > MAX_OBJECTS:
         log.warning("inventory has %d objects; sending the first %d", len(objects), MAX_OBJECTS)
     return {obj.key: obj for obj in objects[:MAX_OBJECTS]}

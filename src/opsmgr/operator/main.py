@@ -109,7 +109,7 @@ def run(*, namespaces: tuple[str, ...], image: str, postgres_image: str, metrics
               help="Image of node agents and injected sidecar agents (or $OPSMGR_AGENT_IMAGE).")
 @click.option("--webhook-port", envvar="OPSMGR_WEBHOOK_PORT", type=click.IntRange(0, 65535), default=0,
               show_default=True, help="Port of the sidecar-injection webhook (HTTPS); 0 turns it off.")
-@click.option("--webhook-host", "webhook_hosts", multiple=True, metavar="NAME",
+@click.option("--webhook-host", "webhook_hosts", multiple=True, metavar="NAME", envvar="OPSMGR_WEBHOOK_HOSTS",
               help="Name or address the kube-apiserver calls the webhook by (repeatable; its certificate's names); "
                    "default: the webhook Service's DNS names.")
 @click.option("--webhook-service", envvar="OPSMGR_WEBHOOK_SERVICE", default="opsmgr-system/opsmgr-operator-webhook",

@@ -55,6 +55,7 @@ QUEUE_VOLUME_HEADROOM = 0.25
 QUEUE_VOLUME_SLACK_MB = 32
 # The agent flushes its queue and says Goodbye within this after the application stopped.
 GOODBYE_FLUSH_SECONDS = 10
+NODE_DISCOVERY_SECONDS = 60  # pods come and go on a node far more often than hardware does
 MIN_GRACE_SECONDS = 20
 NODE_AGENT_CLUSTER_ROLE = "opsmgr-node-agent"
 # Characters the API server uses for generated name suffixes (no vowels, so no words).
@@ -127,6 +128,9 @@ def server_addresses(group: ManagementGroup, assignment: Assignment | None) -> t
 def agent_config(*, fqdn: str, placement: Placement, primary: str, failover: Sequence[str], queue_limit_mb: int,
                  heartbeat_seconds: int, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The `opsmgr agent --config` document of an in-cluster agent; paths are relative to AGENT_HOME."""
+    collection: dict[str, Any] = {"labels": dict(sorted((labels or {}).items()))}
+    if placement is Placement.NODE:
+        collection["discovery_interval_seconds"] = NODE_DISCOVERY_SECONDS
     return {
         "fqdn": fqdn,
         "placement": placement.value.lower(),
@@ -135,7 +139,7 @@ def agent_config(*, fqdn: str, placement: Placement, primary: str, failover: Seq
         "certificates": {"directory": IDENTITY_DIRECTORY, "renew": False, "wait_for_identity": True},
         "queue": {"path": f"{QUEUE_DIRECTORY}/queue.sqlite", "limit_bytes": queue_limit_mb * MB},
         "connection": {"goodbye_flush_seconds": GOODBYE_FLUSH_SECONDS, "heartbeat_seconds": heartbeat_seconds},
-        "collection": {"labels": dict(sorted((labels or {}).items()))},
+        "collection": collection,
         # A container sees only its own pod's processes, and the webhook never injects into opsmgr's own pods.
         "refuse_on_management_host": False,
     }

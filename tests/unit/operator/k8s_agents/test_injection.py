@@ -7,7 +7,7 @@ import copy
 import json
 from typing import Any
 
-import jsonpatch  # type: ignore[import-untyped]  # kopf's own dependency
+import jsonpatch  # kopf's own dependency
 import pytest
 import yaml
 
