@@ -269,6 +269,9 @@ def server_config(group: ManagementGroup, pod: str, uris: DatabaseUris) -> dict[
         "revocations": {"file": REVOCATIONS_FILE},
         "directory": {"file": DIRECTORY_FILE},
         "heartbeat_interval_seconds": group.spec.heartbeat.interval_seconds,
+        "watcher": {"missed_threshold": group.spec.heartbeat.missed_threshold},
+        # The servers watch the group's Agents, packs and tasks and hold their fleet Leases here, in-cluster.
+        "kubernetes": {"namespace": names.namespace, "member": pod},
     }
 
 
@@ -451,6 +454,9 @@ def render_server_access(group: ManagementGroup) -> list[Manifest]:
               "verbs": ["get", "patch"]},
              {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
              {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+             # Fleet membership: each server renews its own Lease and lists the others'.
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+              "verbs": ["get", "list", "create", "patch", "delete"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": metadata(account, names.namespace, label_set, group),

@@ -18,12 +18,15 @@ from opsmgr.db.model import Database, Retention
 from opsmgr.pki.revocation_watch import RevocationWatch
 from opsmgr.protocol.transport import grpc_options, server_credentials
 from opsmgr.server.channel import AgentChannel
+from opsmgr.server.cluster import ClusterLink, member_name
 from opsmgr.server.config import ServerConfig
 from opsmgr.server.directory import AgentDirectory, FileAgentDirectory
 from opsmgr.server.ingest import DatabaseLink, IngestPipeline
+from opsmgr.server.kube_watch import KubeAgentDirectory
 from opsmgr.server.metrics import HealthEndpoint, ServerMetrics
 from opsmgr.server.presence import PresenceLedger
 from opsmgr.server.session import SessionSettings
+from opsmgr.server.watcher_service import WatcherService
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ class ManagementServer:
         self.file_directory = None if directory is not None else FileAgentDirectory(
             config.directory.file, config.directory.poll_seconds)
         self.directory: AgentDirectory = directory or self.file_directory  # type: ignore[assignment]
+        # With Kubernetes access the Agents answer for agents (the file still names gateways).
+        self.kube_directory = KubeAgentDirectory(None, self.directory) if config.kubernetes is not None else None
+        if self.kube_directory is not None:
+            self.directory = self.kube_directory
         retention = retention or Retention()
         ingest, databases = config.ingest, config.databases
         self.links = {database: DatabaseLink(database, dsn, pool_size=databases.pool_size,
@@ -69,6 +76,12 @@ class ManagementServer:
         if self.file_directory is not None:
             self.file_directory.on_change(self.channel.recheck_directory)
         self.health = HealthEndpoint(self.metrics, self.healthz)
+        watcher = config.watcher
+        self.watcher = WatcherService(
+            member=member_name(config), presence=self.presence, pool=self.links[Database.OPERATIONAL].pool,
+            interval=float(config.heartbeat_interval_seconds), threshold=watcher.missed_threshold,
+            flush_seconds=watcher.presence_flush_seconds, probe_timeout=watcher.probe_timeout_seconds)
+        self.cluster: ClusterLink | None = None
         self._grpc: aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -78,7 +91,8 @@ class ManagementServer:
         serving = self._grpc is not None
         healthy = serving and databases[Database.OPERATIONAL.value] == "ok"
         return healthy, {"status": "ok" if healthy else "unavailable", "serving": serving, "databases": databases,
-                         "connected_agents": len(self.channel.by_agent)}
+                         "connected_agents": len(self.channel.by_agent), "watched_agents": len(self.watcher.watcher),
+                         "alerts_raised": self.watcher.raised, "alerts_resolved": self.watcher.resolved}
 
     async def start(self) -> Endpoints:
         tls = self.config.tls
@@ -101,6 +115,11 @@ class ManagementServer:
                                            name="alert-sync")]
         if self.file_directory is not None:
             self._tasks.append(asyncio.create_task(self.file_directory.watch(), name="directory-watch"))
+        if self.kube_directory is not None:
+            self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
+                                                                 self.channel.recheck_directory)
+            self._tasks += cluster_tasks
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="health-service-watcher"))
         for link in self.links.values():
             self._tasks.append(asyncio.create_task(
                 self._every(self.config.ingest.partition_maintenance_seconds, link.maintain),
@@ -118,6 +137,10 @@ class ManagementServer:
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
+        # After the streams closed: the next watcher of our agents starts from their last heartbeats, at once.
+        await self.watcher.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         await self.health.stop()
         await asyncio.gather(*(pipeline.stop() for pipeline in self.pipelines.values()))
 

@@ -124,6 +124,9 @@ class HeartbeatWatcher:
         existing = self._watches.get(agent)
         watch = existing or AgentWatch(agent, self.default_interval, self.default_threshold,
                                        now if last_heartbeat is None else last_heartbeat)
+        if existing is not None and (interval is None or interval == watch.interval) and (
+                threshold is None or threshold == watch.threshold):
+            return []  # nothing changed: no second heap entry, so re-tuning every agent stays cheap
         if interval is not None:
             watch.interval = interval
         if threshold is not None:

@@ -65,6 +65,7 @@ class AgentCatalog:
         self.group = group
         self.by_name: dict[str, Agent] = {}
         self.by_fqdn: dict[str, Agent] = {}
+        self.bodies: dict[str, dict[str, Any]] = {}  # as the API server sent them: the status writer's base
         self._listeners: list[AgentListener] = []
         self.informer = Informer("agents", custom_lister(kube, namespace, "agents"), self._event)
 
@@ -96,7 +97,9 @@ class AgentCatalog:
             self.by_name.pop(name, None)
             if self.by_fqdn.get(fqdn_of(before)) is before:
                 del self.by_fqdn[fqdn_of(before)]
+        self.bodies.pop(name, None)
         if after is not None:
+            self.bodies[name] = body
             self.by_name[name] = after
             self.by_fqdn[fqdn_of(after)] = after
         if before is None and after is None:
@@ -116,11 +119,11 @@ _APPROVALS = {AgentApproval.PENDING: Approval.PENDING, AgentApproval.APPROVED: A
 class KubeAgentDirectory:
     """`AgentDirectory` over the Agent watch; gateways (and agents before the first listing) from `fallback`."""
 
-    catalog: AgentCatalog
+    catalog: AgentCatalog | None
     fallback: AgentDirectory | None = None
 
     def lookup(self, fqdn: str) -> AgentRecord | None:
-        if not self.catalog.synced:
+        if self.catalog is None or not self.catalog.synced:
             return self.fallback.lookup(fqdn) if self.fallback else None
         agent = self.catalog.get(fqdn)
         if agent is None:

@@ -164,6 +164,7 @@ class WatcherService:
         self.flush_seconds = flush_seconds
         self.probe_timeout = probe_timeout
         self.live = live or (lambda: frozenset({member}))
+        self.fleet_known: Callable[[], bool] = lambda: True  # False until the Agents and Leases were first listed
         self.catalog = catalog
         self.kube = kube
         self.status = status
@@ -211,7 +212,8 @@ class WatcherService:
             if now - last_refresh >= self.flush_seconds:
                 try:
                     await self._refresh(now)
-                    self.ready.set()
+                    if self.fleet_known():
+                        self.ready.set()
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("watcher refresh failed", extra={"fields": {"error": str(exc)}})
                 last_refresh = now
@@ -256,6 +258,8 @@ class WatcherService:
             self._rows[row.agent] = row
             if row.updated_at is not None and (self._since is None or row.updated_at > self._since):
                 self._since = row.updated_at
+        if not self.fleet_known():
+            return  # deciding ownership on a partial view would take (or drop) agents that are not ours
         self._assign(now)
         for row in rows:
             self._remote_presence(row, now)

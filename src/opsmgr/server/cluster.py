@@ -1,0 +1,83 @@
+"""What a management server runs when it has Kubernetes access (`kubernetes` in its config): the Agent watch that
+backs its directory and watcher, its Lease in the fleet, and the Agent status writer. One ApiClient for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+from kubernetes_asyncio import client as kube_client
+
+from opsmgr.api.agent import Agent
+from opsmgr.kubeio.client import open_api_client
+from opsmgr.kubeio.kube import Kube
+from opsmgr.server.agent_status import AgentStatusWriter
+from opsmgr.server.config import KubernetesConfig, ServerConfig
+from opsmgr.server.fleet import LeaseMembership
+from opsmgr.server.kube_watch import AgentCatalog, KubeAgentDirectory
+from opsmgr.server.watcher_service import WatcherService
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "opsmgr-server"
+SYNC_TIMEOUT_SECONDS = 30.0
+
+
+def member_name(config: ServerConfig) -> str:
+    """This server's name in the fleet: its Pod's name, which is what Agents name as their servers."""
+    if config.kubernetes is not None and config.kubernetes.member:
+        return config.kubernetes.member
+    return config.name.split(".", 1)[0]
+
+
+class ClusterLink:
+    def __init__(self, api: kube_client.ApiClient, settings: KubernetesConfig, config: ServerConfig,
+                 watcher: WatcherService) -> None:
+        self.api = api
+        self.kube = Kube(api, field_manager=FIELD_MANAGER)
+        self.catalog = AgentCatalog(self.kube, namespace=settings.namespace, group=config.group)
+        self.membership = LeaseMembership(self.kube, namespace=settings.namespace, group=config.group,
+                                          member=member_name(config), lease_seconds=settings.lease_seconds,
+                                          renew_seconds=settings.renew_seconds)
+        self.status = AgentStatusWriter(self.kube, settings.namespace, self.catalog.bodies.get,
+                                        heartbeat_every=timedelta(seconds=config.watcher.status_heartbeat_seconds))
+        watcher.catalog, watcher.kube, watcher.status = self.catalog, self.kube, self.status
+        watcher.live = lambda: self.membership.live
+        watcher.fleet_known = lambda: self.membership.observed and self.catalog.synced
+
+    @classmethod
+    async def open(cls, config: ServerConfig, watcher: WatcherService, directory: KubeAgentDirectory,
+                   on_approval_change: Callable[[], None]) -> tuple[ClusterLink, list[asyncio.Task[None]]]:
+        """Connect, start the watches and the Lease, and wait until the first listing and fleet view are in."""
+        assert config.kubernetes is not None
+        link = cls(await open_api_client(config.kubernetes.kubeconfig), config.kubernetes, config, watcher)
+        directory.catalog = link.catalog
+
+        def approval_changed(before: Agent | None, after: Agent | None) -> None:
+            if before is None or after is None or before.status.approval != after.status.approval:
+                on_approval_change()
+
+        link.catalog.on_change(approval_changed)
+        runs: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("agent-watch", link.catalog.informer.run()), ("fleet-lease", link.membership.run()),
+            ("agent-status", link.status.run())]
+        tasks = [asyncio.create_task(run, name=name) for name, run in runs]
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):
+                await link.catalog.informer.synced.wait()
+                while not link.membership.observed:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning("Kubernetes watches not synced yet; the watcher waits for them", extra={"fields": {
+                "namespace": config.kubernetes.namespace, "timeout_seconds": SYNC_TIMEOUT_SECONDS}})
+        return link, tasks
+
+    async def close(self) -> None:
+        await self.membership.leave()
+        with contextlib.suppress(Exception):
+            await self.api.close()
