@@ -24,6 +24,7 @@ PLURALS: dict[str, str] = {
     "PodDisruptionBudget": "poddisruptionbudgets", "Role": "roles", "RoleBinding": "rolebindings",
     "ManagementGroup": "managementgroups", "Agent": "agents", "Gateway": "gateways",
     "ManagementPack": "managementpacks", "AgentTask": "agenttasks", "Lease": "leases",
+    "ClusterRoleBinding": "clusterrolebindings",
 }
 
 

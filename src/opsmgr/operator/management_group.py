@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from opsmgr.operator.readiness import (
 from opsmgr.operator.status_writer import announce, fold, status_patch, transitions, write_status
 from opsmgr.pki import CertificateAuthority, CertificateError, Check, ManagementServerNames, TrustBundle
 
+log = logging.getLogger(__name__)
 OWNED_STATUS = ("observedGeneration", "conditions", "databaseMode", "servers", "agents", "endpoints", "caNotAfter")
 RECONCILE_SECONDS = 10.0  # drift is put back within this (plus the apply), well inside the 30 s promise
 REBALANCE_CONCURRENCY = 32
@@ -211,6 +213,14 @@ async def _servers(context: OperatorContext, group: ManagementGroup, uris: rende
         return False, 0
     config_hash = render.fingerprint(config["data"], dict(tls_data))
     ready = 0
+    try:
+        await kube.apply(render.render_server_enrollment_binding(group))
+    except KubeError as error:
+        if error.status != 403:
+            raise
+        # Without it only pod enrollment (TokenReview) fails; the servers themselves must still start.
+        log.warning("cannot bind ClusterRole %s for the servers' TokenReview (%s): apply the chart's RBAC",
+                    render.ENROLLMENT_CLUSTER_ROLE, error)
     for child in render.server_children(group, context.image, config_hash):
         applied = await kube.apply(child)
         if child["kind"] == "StatefulSet":
@@ -368,6 +378,11 @@ async def group_deleted(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **_:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     context.forget(("ca", namespace, name))
     context.forget(("group", namespace, name))
+    try:
+        await context.kube.delete("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "",
+                                  render.enrollment_binding(GroupNames(name, namespace)))
+    except KubeError as error:  # cluster-scoped, so no owner cleans it up: say so rather than block the deletion
+        logger.warning(f"the servers' enrollment ClusterRoleBinding was not deleted: {error}")
     logger.info(f"group deleted; its CA Secret {GroupNames(name, namespace).ca_secret} is kept")
 
 

@@ -23,12 +23,14 @@ from opsmgr.operator.names import (
     CONFIG_HASH_ANNOTATION,
     GroupNames,
     agent_tls_secret,
+    bounded,
     gateway_config_secret,
     gateway_tls_secret,
     gateway_workload,
     labels,
     selector,
 )
+from opsmgr.protocol.enrollment import ENROLLMENT_PORT, tokens_secret_name
 
 Manifest = dict[str, Any]
 
@@ -41,6 +43,8 @@ WAREHOUSE_DATABASE = "warehouse"
 CONFIG_MOUNT = "/etc/opsmgr"
 DIRECTORY_FILE = "directory.yaml"
 REVOCATIONS_FILE = "revocations.yaml"
+# Shipped with the chart: TokenReview for the enrollment endpoint; the operator may only bind it (escalation rules).
+ENROLLMENT_CLUSTER_ROLE = "opsmgr-server-enrollment"
 TRUST_FILE = "ca.crt"
 # Non-root ids of the distroless-style images; fsGroup lets them read their 0440 key files.
 RUN_AS_USER = 65532
@@ -272,6 +276,7 @@ def server_config(group: ManagementGroup, pod: str, uris: DatabaseUris) -> dict[
         "watcher": {"missed_threshold": group.spec.heartbeat.missed_threshold},
         # The servers watch the group's Agents, packs and tasks and hold their fleet Leases here, in-cluster.
         "kubernetes": {"namespace": names.namespace, "member": pod},
+        "enrollment": {"port": ENROLLMENT_PORT, "ca_secret": names.ca_secret},
     }
 
 
@@ -336,7 +341,8 @@ def render_server_statefulset(group: ManagementGroup, image: str, config_hash: s
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
         "ports": [{"name": "agents", "containerPort": port, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                  {"name": "enrollment", "containerPort": ENROLLMENT_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": METRICS_PORT}, "initialDelaySeconds": 30,
                           "periodSeconds": 10, "failureThreshold": 6},
@@ -421,7 +427,9 @@ def render_agent_service(group: ManagementGroup) -> Manifest:
         "apiVersion": "v1", "kind": "Service",
         "metadata": metadata(names.agent_service, names.namespace, labels(names.group, "management-server"), group),
         "spec": {"selector": selector(names.group, "management-server"),
-                 "ports": [_agent_port("agents", group.spec.agent_port)]},
+                 "ports": [_agent_port("agents", group.spec.agent_port),
+                           {"name": "enrollment", "port": ENROLLMENT_PORT, "targetPort": "enrollment",
+                            "protocol": "TCP"}]},
     }
 
 
@@ -454,6 +462,13 @@ def render_server_access(group: ManagementGroup) -> list[Manifest]:
               "verbs": ["get", "patch"]},
              {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
              {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+             # Enrollment: a VM's Agent is created (and its key recorded) by the server that enrolls it.
+             {"apiGroups": ["opsmgr.io"], "resources": ["agents"], "verbs": ["create", "patch"]},
+             # Secrets by name only: the CA that signs enrollments, and the join tokens whose uses are counted.
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+              "resourceNames": [ca_secret_of(group)]},
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
+              "resourceNames": [tokens_secret_name(names.group)]},
              # Fleet membership: each server renews its own Lease and lists the others'.
              {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
               "verbs": ["get", "list", "create", "patch", "delete"]},
@@ -463,6 +478,27 @@ def render_server_access(group: ManagementGroup) -> list[Manifest]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": names.namespace}]},
     ]
+
+
+def render_server_enrollment_binding(group: ManagementGroup) -> Manifest:
+    """The servers' ServiceAccount bound to the shipped enrollment ClusterRole (TokenReview). Cluster-scoped, so
+    not owned by the group: group_deleted removes it."""
+    names = _group_names(group)
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": enrollment_binding(names), "labels": labels(names.group, "management-server")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": ENROLLMENT_CLUSTER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": names.server_account, "namespace": names.namespace}]}
+
+
+def enrollment_binding(names: GroupNames) -> str:
+    return bounded(f"{ENROLLMENT_CLUSTER_ROLE}-{names.namespace}-{names.group}", 253)
+
+
+def ca_secret_of(group: ManagementGroup) -> str:
+    """The Secret holding the group's CA: the imported one it names, or the one the operator generates."""
+    imported = group.spec.certificates.authority.imported
+    return imported.secret.name if imported is not None else _group_names(group).ca_secret
 
 
 def agent_endpoint(group: ManagementGroup) -> str:

@@ -21,6 +21,7 @@ from opsmgr.server.channel import AgentChannel
 from opsmgr.server.cluster import ClusterLink, member_name
 from opsmgr.server.config import ServerConfig
 from opsmgr.server.directory import AgentDirectory, FileAgentDirectory
+from opsmgr.server.enrollment_endpoint import EnrollmentEndpoint
 from opsmgr.server.ingest import DatabaseLink, IngestPipeline
 from opsmgr.server.kube_watch import KubeAgentDirectory
 from opsmgr.server.metrics import HealthEndpoint, ServerMetrics
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 class Endpoints:
     agent_port: int
     metrics_port: int
+    enrollment_port: int | None = None  # None: enrollment off (no Kubernetes access)
 
 
 class ManagementServer:
@@ -82,6 +84,7 @@ class ManagementServer:
             interval=float(config.heartbeat_interval_seconds), threshold=watcher.missed_threshold,
             flush_seconds=watcher.presence_flush_seconds, probe_timeout=watcher.probe_timeout_seconds)
         self.cluster: ClusterLink | None = None
+        self.enrollment = EnrollmentEndpoint.of(config)
         self._grpc: aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -110,6 +113,7 @@ class ManagementServer:
             raise OSError(f"cannot listen on {listen.address}:{listen.port} (listen.port): is it in use?")
         await self._grpc.start()
         metrics_port = await self.health.start(self.config.metrics.address, self.config.metrics.port)
+        enrollment_port = await self.enrollment.start() if self.enrollment is not None else None
         self._tasks = [asyncio.create_task(self.revocations.watch(), name="revocation-watch"),
                        asyncio.create_task(self._every(self.config.ingest.alert_sync_seconds, self._sync_alerts),
                                            name="alert-sync")]
@@ -128,7 +132,7 @@ class ManagementServer:
             "name": self.config.name, "group": self.config.group, "agent_port": agent_port,
             "metrics_port": metrics_port, "operational": redact_dsn(self.links[Database.OPERATIONAL].dsn),
             "warehouse": redact_dsn(self.links[Database.WAREHOUSE].dsn)}})
-        return Endpoints(agent_port, metrics_port)
+        return Endpoints(agent_port, metrics_port, enrollment_port)
 
     async def stop(self, grace: float = 5.0) -> None:
         for task in self._tasks:
@@ -142,6 +146,8 @@ class ManagementServer:
         if self.cluster is not None:
             await self.cluster.close()
         await self.health.stop()
+        if self.enrollment is not None:
+            await self.enrollment.stop()
         await asyncio.gather(*(pipeline.stop() for pipeline in self.pipelines.values()))
 
     async def serve_until_signalled(self) -> None:
