@@ -87,6 +87,7 @@ class ManagementServer:
         self.enrollment = EnrollmentEndpoint.of(config)
         self._grpc: aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._watcher_task: asyncio.Task[None] | None = None
 
     def healthz(self) -> tuple[bool, dict[str, object]]:
         """Healthy while serving and the operational DB takes writes; a stalled warehouse is reported, not fatal."""
@@ -123,7 +124,7 @@ class ManagementServer:
             self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
                                                                  self.channel.recheck_directory)
             self._tasks += cluster_tasks
-        self._tasks.append(asyncio.create_task(self.watcher.run(), name="health-service-watcher"))
+        self._watcher_task = asyncio.create_task(self.watcher.run(), name="health-service-watcher")
         for link in self.links.values():
             self._tasks.append(asyncio.create_task(
                 self._every(self.config.ingest.partition_maintenance_seconds, link.maintain),
@@ -135,13 +136,17 @@ class ManagementServer:
         return Endpoints(agent_port, metrics_port, enrollment_port)
 
     async def stop(self, grace: float = 5.0) -> None:
+        self.watcher.closing()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
-        # After the streams closed: the next watcher of our agents starts from their last heartbeats, at once.
+        # The watcher kept recording heartbeats while the streams drained; now their closes go out, at once.
+        if self._watcher_task is not None:
+            self._watcher_task.cancel()
+            await asyncio.gather(self._watcher_task, return_exceptions=True)
         await self.watcher.stop()
         if self.cluster is not None:
             await self.cluster.close()

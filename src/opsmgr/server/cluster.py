@@ -48,7 +48,7 @@ class ClusterLink:
                                         heartbeat_every=timedelta(seconds=config.watcher.status_heartbeat_seconds))
         watcher.catalog, watcher.kube, watcher.status = self.catalog, self.kube, self.status
         watcher.live = lambda: self.membership.live
-        watcher.fleet_known = lambda: self.membership.observed and self.catalog.synced
+        watcher.fleet_known = lambda: self.membership.observed.is_set() and self.catalog.synced
 
     @classmethod
     async def open(cls, config: ServerConfig, watcher: WatcherService, directory: KubeAgentDirectory,
@@ -70,8 +70,7 @@ class ClusterLink:
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):
                 await link.catalog.informer.synced.wait()
-                while not link.membership.observed:
-                    await asyncio.sleep(0.05)
+                await link.membership.observed.wait()
         except TimeoutError:
             log.warning("Kubernetes watches not synced yet; the watcher waits for them", extra={"fields": {
                 "namespace": config.kubernetes.namespace, "timeout_seconds": SYNC_TIMEOUT_SECONDS}})

@@ -83,7 +83,7 @@ class LeaseMembership:
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.live: frozenset[str] = frozenset({member})
-        self.observed = False  # until the first listing, `live` knows only this server
+        self.observed = asyncio.Event()  # unset until the first listing: `live` knows only this server till then
         self._sightings: dict[str, LeaseSighting] = {}
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         self._ref = Ref(LEASE_API, "Lease", namespace, lease_name(group, member))
@@ -116,7 +116,7 @@ class LeaseMembership:
         now = time.monotonic()
         self._sightings = observe(self._sightings, listed, now)
         live = live_members(self._sightings, now, self.member)
-        self.observed = True
+        self.observed.set()
         if live != self.live:
             log.info("fleet changed", extra={"fields": {"live": sorted(live), "joined": sorted(live - self.live),
                                                         "left": sorted(self.live - live)}})

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -178,6 +178,7 @@ class WatcherService:
         self._pending: list[WatchEvent] = []
         self._held: dict[str, AlertRaised] = {}  # a pod agent's Heartbeat Failure, until its probe answered
         self._probes: set[asyncio.Task[None]] = set()
+        self._closing: list[str] = []
         self._wake = asyncio.Event()
         self.ready = asyncio.Event()
         presence.listeners.append(self)
@@ -226,10 +227,24 @@ class WatcherService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.time()))
 
+    def closing(self) -> None:
+        """The server is about to close its streams: remember which were open."""
+        self._closing = [agent for agent, presence in self.presence.agents.items() if presence.connected]
+
     async def stop(self) -> None:
-        """Flush what the streams reported (their disconnects above all), so the next watcher starts from it."""
+        """After the server closed its streams: flush their disconnects, so the next watcher starts from them.
+
+        The streams were closed by us, not lost by the agents: each counts as alive until its close, so the server
+        an agent moves to (or the one that watches it meanwhile) gives it a full window from then.
+        """
         for task in self._probes:
             task.cancel()
+        for agent in self._closing:
+            presence = self.presence.agents[agent]
+            closed_at = presence.disconnected_at or datetime.now(UTC)
+            if presence.session_id and presence.goodbye_at is None:
+                self._dirty[agent] = replace(presence, connected=False, disconnected_at=closed_at,
+                                             last_heartbeat_at=max(presence.last_heartbeat_at or closed_at, closed_at))
         with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await self._flush()
 

@@ -80,6 +80,7 @@ class Fleet:
     directory: Path
     kubeconfig: Path
     servers: list[ServerProcess] = field(default_factory=list)
+    threshold: int = THRESHOLD
 
     def build(self, replica: int) -> ServerProcess:
         names = server_names(replica)
@@ -102,8 +103,8 @@ class Fleet:
             "revocations": {"file": str(folder / "revocations.yaml"), "poll_seconds": 0.5},
             "directory": {"file": str(folder / "directory.yaml"), "poll_seconds": 0.5},
             "heartbeat_interval_seconds": INTERVAL,
-            "watcher": {"missed_threshold": THRESHOLD, "presence_flush_seconds": 0.5, "status_heartbeat_seconds": 5,
-                        "probe_timeout_seconds": 1},
+            "watcher": {"missed_threshold": self.threshold, "presence_flush_seconds": 0.5,
+                        "status_heartbeat_seconds": 5, "probe_timeout_seconds": 1},
             "kubernetes": {"namespace": self.namespace, "member": names.pod_name, "kubeconfig": str(self.kubeconfig),
                            "lease_seconds": LEASE_SECONDS, "renew_seconds": 0.5},
             "enrollment": {"enabled": False},
@@ -217,8 +218,8 @@ class HeartbeatingAgent:
             server = servers[attempt % len(servers)]
             try:
                 await self._session(server)
-            except (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError) as exc:
-                del exc
+            except (OSError, TimeoutError):
+                pass  # the server is away: dial the next one
             except Exception as exc:  # grpc errors end a session like a broken socket
                 if type(exc).__name__ not in ("AioRpcError", "UsageError", "ExecuteBatchError"):
                     raise
@@ -230,7 +231,8 @@ class HeartbeatingAgent:
     async def _session(self, server: ServerProcess) -> None:
         async with channel(server.agent_port, self.credentials) as chan:
             stream = AgentStream(chan)
-            await stream.hello(fqdn(self.name))
+            # A server that is shutting down may take the connection and never answer: move on quickly.
+            await asyncio.wait_for(stream.hello(fqdn(self.name)), 2)
             self.connected_to = server
             reader = asyncio.create_task(self._drain(stream))
             try:
@@ -282,9 +284,9 @@ async def watcher_alerts(dsn: str, agent: str | None = None) -> list[asyncpg.Rec
         await conn.close()
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+async def until(predicate: Callable[[], Any], within: float, what: str, step: float = 0.2) -> Any:
     """Poll an (async or plain) predicate until it returns something truthy."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -292,7 +294,7 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str, step: f
         if result:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
+            raise TimeoutError(f"{what}: not within {within} s")
         await asyncio.sleep(step)
 
 

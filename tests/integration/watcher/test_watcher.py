@@ -17,6 +17,7 @@ import pytest
 from opsmgr.kubeio.kube import Kube
 from opsmgr.server.heartbeat_watcher import FAILED_TO_CONNECT, HEARTBEAT_FAILURE
 from tests.integration.server.client import Credentials
+from tests.integration.server.conftest import ServerProcess
 from tests.integration.watcher.conftest import (
     LEASE_SECONDS,
     WINDOW,
@@ -29,6 +30,7 @@ from tests.integration.watcher.conftest import (
 )
 
 pytestmark = pytest.mark.timeout(300)
+ROLLING_THRESHOLD = 6
 
 
 @contextlib.asynccontextmanager
@@ -141,7 +143,7 @@ async def test_killing_the_server_that_watches_a_silent_agent_leaves_exactly_one
     await asyncio.sleep(2 * WINDOW)
     alerts = await watcher_alerts(fleet.operational_dsn, fqdn("web07"))
     assert [(a["name"], a["repeat_count"]) for a in alerts] == [(HEARTBEAT_FAILURE, 0)]
-    raised = {s.config["kubernetes"]["member"]: (s.healthz() or {}).get("alerts_raised") for s in survivors}
+    raised = {s.config["kubernetes"]["member"]: int((s.healthz() or {}).get("alerts_raised", 0)) for s in survivors}
     assert raised[successor.config["kubernetes"]["member"]] == 1 and sum(raised.values()) == 1, raised
 
 
@@ -149,26 +151,32 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
         fleet: Fleet, kube: Kube, namespace: str, agent_credentials: Callable[[str], Credentials]) -> None:
     count = int(os.environ.get("OPSMGR_WATCHER_AGENTS", "200"))
     names = [f"node{n:03d}" for n in range(count)]
+    # 6 missed, not 3: on 2 cores a third of 200 agents re-dialling at once (TLS, Hello) while the other servers take
+    # over and the control plane runs can take 3-4 s; a real group has 4 x 60 s.
+    fleet.threshold = ROLLING_THRESHOLD
     fleet.start(3)
     await create_agents(kube, namespace, names)
     agents = []
     for name in names:
         primary = fleet.primary_of(name)
         order = [primary, *[s for s in fleet.servers if s is not primary]]
-        agents.append(HeartbeatingAgent(name, agent_credentials(name), lambda order=order: order))
+        agents.append(HeartbeatingAgent(name, agent_credentials(name), _fixed(order)))
     for agent in agents:
         agent.start()
     await until(lambda: all(a.connected_to is not None for a in agents), 60, "every agent connects")
     await until(lambda: sum((s.healthz() or {}).get("watched_agents", 0) for s in fleet.servers) == count, 30,
                 "every agent is watched")
-    await asyncio.sleep(WINDOW)
+    await asyncio.sleep(ROLLING_THRESHOLD)
+    # Agents created before they could connect may have been judged "never connected" while the test set up.
+    await until(lambda: _none_active(fleet.operational_dsn), 30, "set-up alerts resolved by the heartbeats")
+    steady = time.time()
     for server in fleet.servers:
         await asyncio.to_thread(server.stop)  # SIGTERM, as a StatefulSet rolling update does
         await asyncio.to_thread(server.start)
         await until(lambda: all(a.connected_to is not None for a in agents), 30, "agents reconnected")
-        await asyncio.sleep(WINDOW)
-    await asyncio.sleep(2 * WINDOW)
-    alerts = await watcher_alerts(fleet.operational_dsn)
+        await asyncio.sleep(ROLLING_THRESHOLD)
+    await asyncio.sleep(2 * ROLLING_THRESHOLD)
+    alerts = [a for a in await watcher_alerts(fleet.operational_dsn) if a["raised_at"].timestamp() >= steady]
     watched = [(s.healthz() or {}).get("watched_agents", 0) for s in fleet.servers]
     for agent in agents:
         await agent.silence()
@@ -176,9 +184,17 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
     assert sum(watched) == count, watched
 
 
+def _fixed(servers: list[ServerProcess]) -> Callable[[], list[ServerProcess]]:
+    return lambda: servers
+
+
 async def _status_is(kube: Kube, namespace: str, name: str, **expected: str) -> dict[str, Any] | None:
     status = await agent_status(kube, namespace, name)
     return status if all(status.get(k) == v for k, v in expected.items()) else None
+
+
+async def _none_active(dsn: str) -> bool:
+    return all(a["resolution_state"] == 254 for a in await watcher_alerts(dsn))
 
 
 async def _all_resolved(dsn: str, name: str) -> bool:
