@@ -32,6 +32,7 @@ EXAMPLES = REPO / "examples"
 OPERATOR_ACCOUNT = ("opsmgr-system", "opsmgr-operator")
 # An image name with "opsmgr" in it: the local runtime runs the venv's `opsmgr` for it.
 TEST_IMAGE = "ghcr.io/opsmgr/opsmgr:test"
+TEST_AGENT_IMAGE = "ghcr.io/opsmgr/opsmgr-agent:test"  # the runtime runs `opsmgr agent` for it
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunningOperator:
     process: subprocess.Popen[bytes]
     metrics_port: int
     log: Path
+    webhook_port: int = 0  # the sidecar-injection webhook, https://127.0.0.1:<port>/inject-agent
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
@@ -75,15 +77,17 @@ def start_operator(cluster: LocalCluster, directory: Path, extra_env: dict[str, 
     documents = [d for d in yaml.safe_load_all(DEPLOY.read_text()) if d and d["kind"] != "Deployment"]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(documents))
     kubeconfig = service_account_kubeconfig(cluster, directory)
-    metrics_port, liveness_port = free_port(), free_port()
+    metrics_port, liveness_port, webhook_port = free_port(), free_port(), free_port()
     log = directory / "operator.log"
+    # The webhook is served on the host, where the test's kube-apiserver reaches it by 127.0.0.1.
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "OPSMGR_IMAGE": TEST_IMAGE,
-           "OPSMGR_POSTGRES_IMAGE": "postgres:16", **(extra_env or {})}
+           "OPSMGR_POSTGRES_IMAGE": "postgres:16", "OPSMGR_AGENT_IMAGE": TEST_AGENT_IMAGE,
+           "OPSMGR_WEBHOOK_PORT": str(webhook_port), "OPSMGR_WEBHOOK_HOSTS": "127.0.0.1", **(extra_env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "opsmgr", "operator", "--metrics-port", str(metrics_port),
                                     "--liveness-port", str(liveness_port)], env=env, stdout=out,
                                    stderr=subprocess.STDOUT)
-    running = RunningOperator(process, metrics_port, log)
+    running = RunningOperator(process, metrics_port, log, webhook_port)
     deadline = time.monotonic() + 60
     while True:
         try:
