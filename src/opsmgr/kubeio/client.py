@@ -14,6 +14,10 @@ async def open_api_client(kubeconfig: Path | None, *, pool_size: int = 16) -> ku
     if kubeconfig is not None:
         await kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     else:
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        try:
+            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except kube_config.ConfigException:
+            # No token at the in-cluster path (the local runtime roots mounts elsewhere): $KUBECONFIG names it.
+            await kube_config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = pool_size
     return kube_client.ApiClient(configuration)

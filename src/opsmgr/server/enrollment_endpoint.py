@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 from grpc import aio
 from kubernetes_asyncio import client as kube_client
-from kubernetes_asyncio import config as kube_config
 
+from opsmgr.kubeio import client as kubeio_client
 from opsmgr.kubeio.kube import Kube
 from opsmgr.protocol.transport import grpc_options
 from opsmgr.server.config import ServerConfig
@@ -25,12 +25,7 @@ FIELD_MANAGER = "opsmgr-server"
 
 async def open_api_client(kubeconfig: Path | None) -> kube_client.ApiClient:
     """An API client from the kubeconfig file, or the Pod's in-cluster credentials when none is given."""
-    configuration = kube_client.Configuration()
-    if kubeconfig is not None:
-        await kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    else:
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return kube_client.ApiClient(configuration)
+    return await kubeio_client.open_api_client(kubeconfig)
 
 
 class EnrollmentEndpoint:
