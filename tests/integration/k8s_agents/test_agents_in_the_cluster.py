@@ -170,3 +170,17 @@ def test_with_the_webhook_down_pods_start_as_if_there_were_none(kubectl: Kubectl
     # And back: the next labelled pod gets its agent again.
     wait_until_injecting(kubectl, "quiet")
     assert INJECT_LABEL in labelled["metadata"]["labels"]
+
+
+@pytest.mark.timeout(180)
+def test_an_agent_whose_pod_vanished_without_a_trace_is_retired_after_the_quiet_period(
+        kubectl: Kubectl, injection_webhook: str) -> None:
+    create_group(kubectl, "sweep", sidecarAgents={"retireAfter": "5s"})
+    # An Agent the operator would have made for a pod, whose pod is gone and whose deletion nobody saw.
+    kubectl.create({"apiVersion": "opsmgr.io/v1alpha1", "kind": "Agent",
+                    "metadata": {"name": "ghost-abcde", "labels": {"opsmgr.io/placement": "Sidecar",
+                                                                  "opsmgr.io/pod": "ghost-abcde"}},
+                    "spec": {"managementGroupRef": {"name": "sweep"}, "fqdn": "ghost-abcde.x.pod.cluster.local",
+                             "placement": "Sidecar"}})
+    eventually(partial(gone, kubectl, "agent", "ghost-abcde"), timeout=120,
+               what="the Agent of a vanished pod retired by the sweep")
