@@ -31,8 +31,9 @@ def test_helm_lint_is_clean_in_strict_mode(helm: Helm) -> None:
 
 def test_default_install_is_the_operator_its_rights_metrics_and_the_crds(helm: Helm) -> None:
     docs = helm.template()
+    # Three ClusterRoles: the operator's, and the two it may bind (server enrollment, node agents).
     assert kinds(docs) == sorted([
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
         *["CustomResourceDefinition"] * len(CRD_FILES),
     ])
 
@@ -191,13 +192,17 @@ def _rules(docs: list[Document]) -> list[dict[str, Any]]:
 def test_operator_rights_name_every_resource_and_verb_and_include_no_escalation(helm: Helm) -> None:
     rules = _rules(helm.template())
     assert rules
+    shipped = {doc["metadata"]["name"] for doc in helm.template() if doc["kind"] == "ClusterRole"}
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
-        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        assert not {"escalate", "impersonate"} & set(rule["verbs"]), rule
         assert "nonResourceURLs" not in rule, rule
-    # It writes the management servers' Roles in their namespace, never cluster-wide rights.
+        # bind only on the chart's own ClusterRoles, by name: the operator can grant nothing else cluster-wide.
+        if "bind" in rule["verbs"]:
+            assert rule["resources"] == ["clusterroles"] and set(rule["resourceNames"]) <= shipped, rule
+    # Namespaced Roles it writes; cluster-wide only bindings to those named roles (node agents, enrollment).
     rbac = {resource for r in rules if "rbac.authorization.k8s.io" in r["apiGroups"] for resource in r["resources"]}
-    assert rbac <= {"roles", "rolebindings"}
+    assert rbac <= {"roles", "rolebindings", "clusterrolebindings", "clusterroles"}
     # Secrets only by name: listing or watching them would expose every Secret in the cluster.
     secrets = {verb for r in rules if "" in r["apiGroups"] and "secrets" in r["resources"] for verb in r["verbs"]}
     assert not secrets & {"list", "watch"}
