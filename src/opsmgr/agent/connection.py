@@ -262,6 +262,10 @@ class ServerConnection:
             return await stream.run()
         except aio.AioRpcError as exc:
             return _Failed(f"{exc.code().name}: {exc.details()}", welcomed=stream is not None)
+        except asyncio.InvalidStateError:
+            # A write raced the call's end (the server is down or went away): the call's status says why.
+            code, details = await call.code(), await call.details()
+            return _Failed(f"{code.name}: {details}", welcomed=stream is not None)
         finally:
             self.renewer.reset()
             await channel.close(grace=None)
