@@ -39,7 +39,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     # In CI a skipped test against a real component hides a missing install step: make it fail loudly.
-    if IN_CI and report.skipped and item.get_closest_marker("integration") is not None:
+    # An expected failure (xfail) is reported as skipped too; it is a known issue, not a missing install step.
+    expected_failure = hasattr(report, "wasxfail")
+    if IN_CI and report.skipped and not expected_failure and item.get_closest_marker("integration") is not None:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped integration test fails in CI (CI=true): {reason}"

@@ -37,3 +37,19 @@ def test_skipped_integration_test_is_only_reported_outside_ci(pytester: pytest.P
     _project_with_a_skipping_integration_test(pytester)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=1)
+
+
+def test_a_known_issue_marked_xfail_does_not_fail_ci(pytester: pytest.Pytester,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    pytester.makeconftest((Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.mkdir("integration")
+    pytester.makepyfile(**{"integration/test_known": """
+import pytest
+
+@pytest.mark.xfail(reason="known issue", strict=False)
+def test_known_issue():
+    assert False
+"""})
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(xfailed=1)
