@@ -191,6 +191,7 @@ class QueueStore:
         checkpoint_pages = max(16, min(1000, self.limit_bytes // page_size // 32))
         self._db.execute(f"PRAGMA wal_autocheckpoint = {checkpoint_pages}")
         self._db.execute(f"PRAGMA journal_size_limit = {checkpoint_pages * page_size}")
+        self._wal_allowance = checkpoint_pages * page_size
 
     def _initialise(self) -> str:
         with self._write():
@@ -231,9 +232,14 @@ class QueueStore:
         return self._file_size("") + self._file_size("-wal")
 
     def _usage(self) -> int:
-        # Pages committed to the WAL but not yet checkpointed will land in the main file: count them there already.
-        pages = self._pragma("page_count") * self._page_size
-        return max(pages, self._file_size("")) + self._file_size("-wal")
+        """What eviction can act on: the pages holding data, plus the WAL's steady-state allowance.
+
+        Not the WAL's current size: a reader in another process (a local producer, `opsmgr agent` itself) pins it
+        until its read ends, and deleting rows then only grows it. Counting it evicted every item, alerts too,
+        for space that a checkpoint a moment later gives back without losing anything.
+        """
+        in_use = self._pragma("page_count") - self._pragma("freelist_count")
+        return in_use * self._page_size + self._wal_allowance
 
     def _file_size(self, suffix: str) -> int:
         try:
@@ -246,7 +252,14 @@ class QueueStore:
         if self._pragma("freelist_count"):
             # executescript steps the pragma to completion; execute() would free one page per call.
             self._db.executescript("PRAGMA incremental_vacuum;")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        # TRUNCATE waits in the busy handler for every reader to leave the WAL; a reader in another process can
+        # stay for long, and each enqueue would stall for the whole timeout. Without waiting, the checkpoint
+        # still copies every frame it can, as a PASSIVE one does, and the next reclaim finishes the job.
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def reclaim_if_worthwhile(self) -> None:
         free = self._pragma("freelist_count") * self._page_size
@@ -287,9 +300,9 @@ class QueueStore:
 
     def _make_room(self, incoming: int, below: ItemKind | None = None) -> Evicted:
         evicted = Evicted()
-        if self._usage() + incoming <= self.limit_bytes:
+        if max(self._usage(), self.size_on_disk()) + incoming <= self.limit_bytes:
             return evicted
-        self.reclaim()
+        self.reclaim()  # often enough by itself: freed pages and a checkpointed WAL are not data
         headroom = int(self.limit_bytes * EVICTION_HEADROOM)
         while (over := self._usage() + incoming - self.limit_bytes) > 0:
             freed = self._evict(over + headroom, below)
@@ -347,7 +360,7 @@ class QueueStore:
         if row is not None:
             return NextBatch(_replayed(_sealed(row)), None)
         sealed = self._seal(lane, max_items, max(1, max_message_bytes - MESSAGE_HEADROOM), linger_seconds)
-        if sealed.batch is not None and self._usage() > self.limit_bytes:
+        if sealed.batch is not None and max(self._usage(), self.size_on_disk()) > self.limit_bytes:
             # Sealing rewrites items as a batch: the WAL briefly holds both, so the limit is enforced here too.
             self._make_room(0)
         return sealed

@@ -152,6 +152,28 @@ def test_new_performance_data_never_pushes_out_alerts(tmp_path: Path) -> None:
     assert store.status().depth_items == alerts_before
 
 
+def _fill_with_alerts_then_events(path: Path, pinned_by_reader: bool) -> tuple[dict[ItemKind, int], int]:
+    store = QueueStore(path, 1024 * 1024)
+    reader = sqlite3.connect(path, isolation_level=None)
+    if pinned_by_reader:  # another process mid-read keeps every WAL frame from being checkpointed away
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM items").fetchone()
+    store.enqueue([item(ItemKind.ALERT, f"a{i}", 200) for i in range(150)])
+    for start in range(0, 4000, 500):
+        store.enqueue([item(ItemKind.EVENT, f"e{i}", 400) for i in range(start, start + 500)])
+    status = store.status()
+    reader.close()
+    store.close()
+    return status.evicted_by_kind, status.depth_items
+
+
+def test_a_wal_pinned_by_another_process_evicts_nothing_more_and_never_an_alert(tmp_path: Path) -> None:
+    alone, depth_alone = _fill_with_alerts_then_events(tmp_path / "alone.sqlite", pinned_by_reader=False)
+    pinned, depth_pinned = _fill_with_alerts_then_events(tmp_path / "pinned.sqlite", pinned_by_reader=True)
+    assert alone[ItemKind.EVENT] > 0 and alone[ItemKind.ALERT] == 0
+    assert pinned == alone and depth_pinned == depth_alone, "a WAL that cannot shrink yet is not data to evict"
+
+
 def test_evictions_are_counted_durably(tmp_path: Path) -> None:
     path = tmp_path / "q.sqlite"
     store = QueueStore(path, MIN_LIMIT_BYTES)
