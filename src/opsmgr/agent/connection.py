@@ -199,7 +199,8 @@ class ServerConnection:
         while not stop.is_set():
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 if stop.is_set():
                     break
             server = self.choice.current
@@ -245,7 +246,8 @@ class ServerConnection:
             call = channel.stream_stream(METHOD, request_serializer=_encode,
                                          response_deserializer=pb.ServerMessage.FromString)()
             try:
-                welcome = await asyncio.wait_for(self._hello(call), self.settings.welcome_timeout_seconds)
+                async with asyncio.timeout(self.settings.welcome_timeout_seconds):
+                    welcome = await self._hello(call)
             except TimeoutError:
                 return _Failed(f"no Welcome within {self.settings.welcome_timeout_seconds:g} s", welcomed=False)
             if not isinstance(welcome, pb.Welcome):
@@ -295,7 +297,8 @@ class ServerConnection:
             return False
         channel = aio.secure_channel(server, identity.credentials(), options=self._options())
         try:
-            await asyncio.wait_for(channel.channel_ready(), self.settings.probe_timeout_seconds)
+            async with asyncio.timeout(self.settings.probe_timeout_seconds):
+                await channel.channel_ready()
             return True
         except (TimeoutError, aio.AioRpcError):
             return False
@@ -368,7 +371,8 @@ class _Stream:
             if not self.control.empty() or self.leaving is not None:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), min(retry_after, self.settings.idle_poll_seconds))
+                async with asyncio.timeout(min(retry_after, self.settings.idle_poll_seconds)):
+                    await self.wake.wait()
 
     async def _send_next_batch(self) -> float:
         """Send one batch if a lane has one and the window allows; else how long until one may be due."""
@@ -425,7 +429,8 @@ class _Stream:
         await self.goodbye_sent.wait()
         if self.in_flight:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.drained.wait(), self.settings.goodbye_flush_seconds)
+                async with asyncio.timeout(self.settings.goodbye_flush_seconds):
+                    await self.drained.wait()
 
     async def _failback_watch(self) -> _Outcome:
         primary = self.owner.choice.primary

@@ -58,7 +58,8 @@ def split_host_port(target: str) -> tuple[str, int]:
 async def probe_tcp(host: str, port: int, limit_seconds: float = PROBE_TIMEOUT_SECONDS) -> TcpResult:
     started = time.perf_counter()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), limit_seconds)
+        async with asyncio.timeout(limit_seconds):
+            _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as error:
         return TcpResult(False, None, str(error) or type(error).__name__)
     elapsed = (time.perf_counter() - started) * 1000.0

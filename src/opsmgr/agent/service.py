@@ -76,7 +76,8 @@ async def wait_for_identity(identity: IdentityStore, stop: asyncio.Event,
                 reported = str(error)
                 log.warning("waiting for this agent's certificate: %s", error)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), poll_seconds)
+            async with asyncio.timeout(poll_seconds):
+                await stop.wait()
     return False
 
 

@@ -189,13 +189,15 @@ class LocalRuntime:
             done = asyncio.gather(*(w.task for w in self.workers.values() if w.task is not None),
                                   return_exceptions=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done, self.settings.shutdown_grace + 5)
+                async with asyncio.timeout(self.settings.shutdown_grace + 5):
+                    await done
         for worker in list(self.workers.values()):
             worker.kill_now()
         if self._reaper is not None and self._reaper.stdin is not None:
             self._reaper.stdin.close()  # end of input: the reaper kills whatever is still listed, then exits
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reaper.wait(), 10)
+                async with asyncio.timeout(10):
+                    await self._reaper.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

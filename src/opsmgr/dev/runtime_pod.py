@@ -154,7 +154,8 @@ class PodWorker:
             deadlines.append(time.monotonic() + CONFIG_RETRY_SECONDS)
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
 
     async def _publish(self, decision: Decision) -> None:
         if self.runtime.stopping or self.vanished:
@@ -328,13 +329,15 @@ class PodWorker:
         if pre_stop:
             remaining = max(floor, deadline - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._run_handler(name, entry, pre_stop, remaining), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._run_handler(name, entry, pre_stop, remaining)
         remaining = max(floor, deadline - time.monotonic())
         stop_signal = signal.SIGINT if entry.plan.postgres else signal.SIGTERM  # the image's STOPSIGNAL
         with contextlib.suppress(ProcessLookupError):
             entry.process.send_signal(stop_signal)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(entry.exited.wait(), remaining)
+            async with asyncio.timeout(remaining):
+                await entry.exited.wait()
         if not entry.exited.is_set():
             _kill_group(entry.process.pid, signal.SIGKILL)
             await entry.exited.wait()
@@ -421,7 +424,8 @@ async def _exec_probe(argv: list[str], plan: LaunchPlan, limit: float, prefix: l
         *prefix, program, *argv[1:], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL, env=plan.env, cwd=plan.cwd, start_new_session=True)
     try:
-        return await asyncio.wait_for(process.wait(), limit) == 0
+        async with asyncio.timeout(limit):
+            return await process.wait() == 0
     except TimeoutError:
         return False
     finally:

@@ -109,7 +109,8 @@ class GatewayProcess:
         self._stop.set()
         if self._tasks:  # the upstream task: it lets relays leave their server before anything closes
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(self._tasks[0], return_exceptions=True), grace)
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(self._tasks[0], return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

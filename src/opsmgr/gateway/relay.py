@@ -78,7 +78,8 @@ class AgentRelay:
                                        .SerializeToString())
                 await self._call.done_writing()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._finished.wait(), self.settings.goodbye_flush_seconds)
+            async with asyncio.timeout(self.settings.goodbye_flush_seconds):
+                await self._finished.wait()
         self.end(grpc.StatusCode.UNAVAILABLE, f"the gateway is {reason}: reconnect")
 
     async def run(self, upstream: Upstream | None) -> RelayEnd | None:
@@ -90,7 +91,8 @@ class AgentRelay:
 
     async def _run(self, upstream: Upstream | None) -> RelayEnd | None:
         try:
-            hello = await asyncio.wait_for(self.context.read(), HELLO_TIMEOUT_SECONDS)
+            async with asyncio.timeout(HELLO_TIMEOUT_SECONDS):
+                hello = await self.context.read()
         except TimeoutError:
             return self._refused(Refusal("NoHello", f"no Hello within {HELLO_TIMEOUT_SECONDS:.0f} s"),
                                  grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -119,7 +121,8 @@ class AgentRelay:
     async def _splice(self, hello: bytes) -> RelayEnd | None:
         try:
             await self._call.write(hello)
-            first = await asyncio.wait_for(self._call.read(), self.settings.welcome_timeout_seconds)
+            async with asyncio.timeout(self.settings.welcome_timeout_seconds):
+                first = await self._call.read()
         except TimeoutError:
             return RelayEnd(grpc.StatusCode.UNAVAILABLE, f"management server {self.server} sent no Welcome within "
                                                          f"{self.settings.welcome_timeout_seconds:g} s")

@@ -111,7 +111,8 @@ class UpstreamConnection:
         """A channel to `server` once its TLS handshake completed, or None after connect_timeout_seconds."""
         channel = aio.secure_channel(server, await self._credentials(), options=self._options())
         try:
-            await asyncio.wait_for(channel.channel_ready(), self.settings.connect_timeout_seconds)
+            async with asyncio.timeout(self.settings.connect_timeout_seconds):
+                await channel.channel_ready()
         except (TimeoutError, aio.AioRpcError):
             await channel.close(grace=None)
             return None
@@ -181,7 +182,8 @@ class UpstreamConnection:
                 continue
             try:
                 # IDLE or CONNECTING after a disconnect: a server that restarts at once is not a failure.
-                await asyncio.wait_for(channel.channel_ready(), self.settings.connect_timeout_seconds)
+                async with asyncio.timeout(self.settings.connect_timeout_seconds):
+                    await channel.channel_ready()
             except (TimeoutError, aio.AioRpcError):
                 return _Lost(f"no reconnection within {self.settings.connect_timeout_seconds:g} s")
 
@@ -199,5 +201,6 @@ class UpstreamConnection:
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     if seconds > 0:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await stop.wait()
     return stop.is_set()

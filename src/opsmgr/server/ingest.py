@@ -83,7 +83,8 @@ class DatabaseLink:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
-                await asyncio.wait_for(pool.close(), timeout=5)
+                async with asyncio.timeout(5):
+                    await pool.close()
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()  # a stalled peer: a polite close waited in vain, so cut the sockets
 
@@ -144,7 +145,8 @@ class IngestPipeline:
                     return None
                 # Woken by every release; the timeout re-checks the stall verdict, which turns on the clock alone.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), timeout=0.25)
+                    async with asyncio.timeout(0.25):
+                        await self._room.wait()
             self._used += weight
             self._gauge.set(self._used)
         submission = _Submission(batch, weight, asyncio.get_running_loop().create_future())

@@ -61,7 +61,8 @@ class HealthEndpoint:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            async with asyncio.timeout(10):
+                request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].split(b"?")[0] if request.count(b" ") >= 2 else b""
             if path == b"/metrics":
                 status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)

@@ -230,7 +230,8 @@ class Notifier:
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("notification pass failed", extra={"fields": {"error": str(exc)}})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.tick_seconds)
+                async with asyncio.timeout(self.settings.tick_seconds):
+                    await stop.wait()
 
     async def _send(self, entry: OutboxEntry, now: datetime) -> DeliveryError | None:
         target = self._targets[entry.target]

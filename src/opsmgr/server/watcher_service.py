@@ -225,7 +225,8 @@ class WatcherService:
             self._wake.clear()
             if not self._pending:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.time()))
+                    async with asyncio.timeout(max(0.0, deadline - time.time())):
+                        await self._wake.wait()
 
     def closing(self) -> None:
         """The server is about to close its streams: remember which were open."""

@@ -54,7 +54,8 @@ class AgentStream:
         await self.call.write(message if isinstance(message, bytes) else message.SerializeToString())
 
     async def receive(self, within: float = 20) -> pb.ServerMessage | None:
-        reply = await asyncio.wait_for(self.call.read(), within)
+        async with asyncio.timeout(within):
+            reply = await self.call.read()
         return None if reply is aio.EOF else reply
 
     async def hello(self, agent: str = "", *, min_version: int = MIN_VERSION, max_version: int = MAX_VERSION,

@@ -12,7 +12,8 @@ from tests.integration.server.conftest import AGENTS, Pki, ServerProcess, assert
 async def test_every_item_kind_lands_in_its_databases_exactly_once(
         running_server: ServerProcess, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
     agent = ReplayingAgent(running_server.agent_port, pki.agent())
-    await asyncio.wait_for(agent.run_session(new_batches=40), timeout=60)
+    async with asyncio.timeout(60):
+        await agent.run_session(new_batches=40)
     assert not agent.queue and not agent.rejected
     await assert_exactly_once(agent.items.generated, postgres_dsn, warehouse_dsn)
 
@@ -20,7 +21,8 @@ async def test_every_item_kind_lands_in_its_databases_exactly_once(
 async def test_a_replayed_batch_is_acknowledged_as_already_committed_per_database(
         running_server: ServerProcess, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
     agent = ReplayingAgent(running_server.agent_port, pki.agent())
-    await asyncio.wait_for(agent.run_session(new_batches=10), timeout=60)
+    async with asyncio.timeout(60):
+        await agent.run_session(new_batches=10)
     async with channel(running_server.agent_port, pki.agent()) as chan:
         stream = AgentStream(chan)
         await stream.hello()
@@ -51,7 +53,8 @@ async def test_a_replay_naming_the_warehouse_alone_is_written_there_alone(
 async def test_agents_stream_concurrently_and_their_batches_share_transactions(
         running_server: ServerProcess, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
     agents = [ReplayingAgent(running_server.agent_port, pki.agent(name)) for name in AGENTS[:3]]
-    await asyncio.wait_for(asyncio.gather(*(a.run_session(new_batches=30, window=8) for a in agents)), timeout=90)
+    async with asyncio.timeout(90):
+        await asyncio.gather(*(a.run_session(new_batches=30, window=8) for a in agents))
     generated: dict[str, set[str]] = {}
     for agent in agents:
         for kind, keys in agent.items.generated.items():

@@ -30,7 +30,8 @@ async def bystander_flowing(server: ServerProcess, pki: Pki) -> AsyncIterator[Re
     except BaseException:
         task.cancel()
         raise
-    await asyncio.wait_for(task, timeout=60)
+    async with asyncio.timeout(60):
+        await task
     assert agent.streams_opened == 1 and not agent.queue and not agent.rejected
 
 

@@ -232,7 +232,8 @@ class HeartbeatingAgent:
         async with channel(server.agent_port, self.credentials) as chan:
             stream = AgentStream(chan)
             # A server that is shutting down may take the connection and never answer: move on quickly.
-            await asyncio.wait_for(stream.hello(fqdn(self.name)), 2)
+            async with asyncio.timeout(2):
+                await stream.hello(fqdn(self.name))
             self.connected_to = server
             reader = asyncio.create_task(self._drain(stream))
             try:
@@ -269,7 +270,8 @@ class HeartbeatingAgent:
         self._goodbye = True
         if self._task is not None:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._task, 5)
+                async with asyncio.timeout(5):
+                    await self._task
         self._task = None
 
 

@@ -172,6 +172,8 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
     steady = time.time()
     for server in fleet.servers:
         await asyncio.to_thread(server.stop)  # SIGTERM, as a StatefulSet rolling update does
+        exited = server.process.returncode if server.process is not None else None
+        assert exited == 0, f"the server did not stop by itself on SIGTERM (exit {exited}):\n{server.log_tail()}"
         await asyncio.to_thread(server.start)
         await until(lambda: all(a.connected_to is not None for a in agents), 30, "agents reconnected")
         await asyncio.sleep(ROLLING_THRESHOLD)

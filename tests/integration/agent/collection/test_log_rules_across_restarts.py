@@ -41,7 +41,8 @@ class AgentProcess:
             str(self.tmp / "state"), str(self.tmp / "packs.json"), stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert self.process.stdout is not None
-        assert await asyncio.wait_for(self.process.stdout.readline(), 30) == b"ready\n"
+        async with asyncio.timeout(30):
+            assert await self.process.stdout.readline() == b"ready\n"
 
     async def kill(self) -> None:
         assert self.process is not None
@@ -51,7 +52,8 @@ class AgentProcess:
     async def stop(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(self.process.wait(), 30) == 0
+        async with asyncio.timeout(30):
+            assert await self.process.wait() == 0
 
 
 async def until_events(tmp: Path, expected: list[str]) -> None:

@@ -35,7 +35,8 @@ async def test_a_waiting_agent_stops_cleanly_before_its_certificate_arrives(tmp_
     await asyncio.sleep(0.2)
     assert not waiting.done()
     stop.set()
-    assert await asyncio.wait_for(waiting, 2) is False
+    async with asyncio.timeout(2):
+        assert await waiting is False
 
 
 def test_a_node_agent_describes_the_pods_on_its_node() -> None:
