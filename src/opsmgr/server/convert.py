@@ -37,6 +37,7 @@ from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_DISCOVERY_PROPERTIES, MA
 
 _E = TypeVar("_E", bound=IntEnum)
 _INT32 = (-(2**31), 2**31 - 1)
+_MAX_SEQ = 2**63 - 1  # committed_batches.batch_seq is a PostgreSQL bigint; the wire's uint64 reaches beyond it
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # events.number is a PostgreSQL integer
 
 LANES = {pb.LANE_PRIORITY: Lane.PRIORITY, pb.LANE_BULK: Lane.BULK}
@@ -55,6 +56,9 @@ def parse_epoch(value: str, field: str = "batch.epoch") -> UUID:
 def to_batch(agent: str, wire: pb.DataBatch) -> Batch:
     """The model batch `agent` sent; raises InvalidBatch naming the field, the value and the fix."""
     epoch = parse_epoch(wire.epoch)
+    if wire.seq > _MAX_SEQ:
+        # Refused here: in the database it would fail the whole group commit, other agents' batches with it.
+        raise InvalidBatch(f"batch.seq = {wire.seq}: beyond {_MAX_SEQ}. Fix: number batches from 0 within an epoch")
     lane = LANES.get(wire.lane)
     if lane is None:
         raise InvalidBatch(f"batch.lane = {wire.lane}: not a lane. Fix: send LANE_PRIORITY or LANE_BULK")

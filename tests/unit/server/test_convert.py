@@ -74,6 +74,8 @@ def test_a_replay_may_name_a_subset_of_its_databases_but_never_another() -> None
     (batch(pb.Item(event=pb.Event(object_key="k", level=3))), r"logged_at is unset"),
     (batch(pb.Item()), "carries no item"),
     (batch(*[event()] * (MAX_BATCH_ITEMS + 1)), f"more than {MAX_BATCH_ITEMS}"),
+    (pb.DataBatch(epoch=str(uuid.uuid4()), seq=2**63, lane=pb.LANE_BULK, items=[event()]),
+     "batch.seq = 9223372036854775808: beyond 9223372036854775807"),
 ])
 def test_what_a_database_would_refuse_is_refused_with_the_field_named(wire: pb.DataBatch, message: str) -> None:
     with pytest.raises(InvalidBatch, match=message):
