@@ -31,6 +31,9 @@ WRITERS: dict[Database, Callable[[asyncpg.Connection, Sequence[Batch], Retention
     Database.WAREHOUSE: write_warehouse_batches,
 }
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 10.0
+# An agent deletes a batch once acked, so a commit must survive a database crash before the ack goes out. A server
+# tuned with synchronous_commit=off (a common setting) would otherwise lose acknowledged batches on a crash.
+DURABLE_COMMITS = {"synchronous_commit": "on"}
 
 
 class WriteFailed(RuntimeError):
@@ -61,7 +64,8 @@ class DatabaseLink:
         async with self._opening:
             if self._pool is None:
                 pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                                 timeout=self.connect_timeout, command_timeout=None)
+                                                 timeout=self.connect_timeout, command_timeout=None,
+                                                 server_settings=DURABLE_COMMITS)
                 try:
                     async with pool.acquire() as conn:
                         await prepare_database(conn, self.database, self.retention)

@@ -9,8 +9,14 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import shutil
+import signal
+import tempfile
+from pathlib import Path
 
+import asyncpg
 import grpc
+import psutil
 from grpc import aio
 
 from opsmgr.dev.postgres import LocalPostgres
@@ -118,3 +124,33 @@ async def test_a_frozen_warehouse_stops_neither_alerts_nor_state_and_catches_up_
     await settle(agent)
     assert not agent.rejected and OPERATIONAL not in agent.paused_until
     await assert_exactly_once(agent.items.generated, postgres_dsn, warehouse_dsn)
+
+
+async def test_acknowledged_batches_survive_a_database_crash_on_a_server_tuned_to_defer_commits(
+        make_server: MakeServer, pki: Pki, warehouse_dsn: str) -> None:
+    # Tests' PostgreSQL runs with synchronous_commit=off; this one also writes its WAL only every 10 s, so a
+    # commit the management server does not insist on flushing is certainly lost by the crash below.
+    database = LocalPostgres(Path(tempfile.mkdtemp(prefix="opsmgr-pg-crash-")))
+    database.start()
+    try:
+        admin = await asyncpg.connect(database.dsn())
+        try:
+            await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+            await admin.execute("SELECT pg_reload_conf()")
+        finally:
+            await admin.close()
+        server = make_server()
+        server.config["databases"]["operational_dsn"] = database.dsn()
+        server.start()
+        agent = ReplayingAgent(server.agent_port, pki.agent())
+        await agent.run_session(new_batches=30)
+        assert not agent.queue, "every batch was acknowledged by every database: the agent dropped them all"
+        assert database.pid is not None
+        postmaster = psutil.Process(database.pid)
+        postmaster.send_signal(signal.SIGQUIT)  # immediate shutdown: what a crash leaves, recovered from the WAL
+        await asyncio.to_thread(postmaster.wait, 30)
+        database.start()
+        await assert_exactly_once(agent.items.generated, database.dsn(), warehouse_dsn)
+    finally:
+        database.stop()
+        shutil.rmtree(database.directory, ignore_errors=True)
