@@ -281,8 +281,10 @@ class QueueStore:
         evicted = self._make_room(incoming, below=ItemKind(min(row[0] for row in rows)))
         if self._usage() + incoming > self.limit_bytes:
             # Still full of more important data: incoming items less important than all of it are the eviction.
+            # With no item waiting, nothing queued outranks them: they compete among themselves after the insert
+            # (an alert arriving with too many events is kept, the oldest events go).
             lowest = self._db.execute("SELECT min(kind) FROM items").fetchone()[0]
-            floor = len(ItemKind) if lowest is None else int(lowest)
+            floor = 0 if lowest is None else int(lowest)
             dropped = Counter(ItemKind(row[0]) for row in rows if row[0] < floor)
             if dropped:
                 with self._write():

@@ -152,6 +152,18 @@ def test_new_performance_data_never_pushes_out_alerts(tmp_path: Path) -> None:
     assert store.status().depth_items == alerts_before
 
 
+def test_alerts_arriving_with_more_events_than_an_empty_queue_holds_are_all_kept(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "q.sqlite", 1024 * 1024)
+    mixed = [item(ItemKind.ALERT, f"a{i}", 200) for i in range(150)]
+    mixed += [item(ItemKind.EVENT, f"e{i}", 400) for i in range(2500)]
+    evicted = store.enqueue(mixed)
+    status = store.status()
+    assert evicted.by_kind[ItemKind.ALERT] == 0 and status.evicted_by_kind[ItemKind.ALERT] == 0
+    assert 0 < evicted.by_kind[ItemKind.EVENT] < 2500, "only as many events as do not fit"
+    assert status.depth_items == 150 + 2500 - evicted.by_kind[ItemKind.EVENT]
+    assert store.size_on_disk() <= 1024 * 1024
+
+
 def _fill_with_alerts_then_events(path: Path, pinned_by_reader: bool) -> tuple[dict[ItemKind, int], int]:
     store = QueueStore(path, 1024 * 1024)
     reader = sqlite3.connect(path, isolation_level=None)
