@@ -19,10 +19,17 @@ from typing import Any
 import pytest
 import yaml
 
-from opsmgr.api import RESOURCES_BY_KIND
+from opsmgr.api import RESOURCES
 from opsmgr.api.crd import crd_stream
 from opsmgr.dev.cluster import LocalCluster
 from tests.integration.api.conftest import Kubectl, opsmgr_crds  # noqa: F401 (a fixture)
+from tests.integration.operator.conftest import (  # noqa: F401 (a fixture)
+    RunningOperator,
+    condition,
+    eventually,
+    get_or_none,
+    operator,
+)
 from tests.unit.api.cases import EXAMPLES, INVALID, changed
 
 Path = tuple[str | int, ...]
@@ -31,7 +38,7 @@ Path = tuple[str | int, ...]
 def _schemas() -> dict[str, dict[str, Any]]:
     """Kind -> the spec schema of its served version, from the generator that writes crds/."""
     found: dict[str, dict[str, Any]] = {}
-    for crd in yaml.safe_load_all(crd_stream(RESOURCES_BY_KIND.values())):
+    for crd in yaml.safe_load_all(crd_stream(RESOURCES)):
         (version,) = crd["spec"]["versions"]
         found[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     return found
@@ -241,3 +248,113 @@ def test_hostile_metadata_is_refused_naming_it(kubectl: Kubectl, changes: dict[s
     assert code != 0
     assert field in out and says in out, out[:2000]
 
+
+
+# --- the operator survives what it did not expect ---
+
+@dataclass(frozen=True)
+class Live:
+    kubectl: Kubectl
+    operator: RunningOperator
+
+    def assert_alive(self) -> None:
+        assert self.operator.process.poll() is None, f"the operator exited:\n{self.operator.tail()}"
+        assert self.operator.metrics(), "the operator stopped serving metrics"
+
+
+@pytest.fixture
+def live(operator: RunningOperator, kube_cluster: LocalCluster, namespace: str) -> Live:  # noqa: F811
+    """kubectl in a fresh namespace with the shipped operator watching (no runtime: Pods stay Pending)."""
+    return Live(Kubectl(kube_cluster, namespace), operator)
+
+
+def _condition_becomes(kubectl: Kubectl, kind: str, name: str, type: str, *, status: str,
+                       timeout: float = 60) -> dict[str, Any]:
+    found: dict[str, Any] = eventually(
+        lambda: (c if (c := condition(get_or_none(kubectl, kind, name), type)) and c["status"] == status else None),
+        timeout=timeout, what=f"{kind} {name} condition {type}={status}")
+    return found
+
+
+def test_an_agent_naming_a_group_that_does_not_exist_says_so(live: Live) -> None:
+    live.kubectl.create(changed(EXAMPLES["agent-host"], {"spec.managementGroupRef.name": "nowhere"}))
+    assigned = _condition_becomes(live.kubectl, "agent", "db01-example-com", "Assigned", status="False")
+    assert assigned["reason"] == "ManagementGroupNotFound"
+    assert "spec.managementGroupRef" in assigned["message"]
+    live.assert_alive()
+
+
+def test_a_gateway_naming_a_group_that_does_not_exist_says_so(live: Live) -> None:
+    live.kubectl.create(changed(EXAMPLES["gateway"], {"spec.managementGroupRef.name": "nowhere"}))
+    ready = _condition_becomes(live.kubectl, "gateway", "dmz", "Ready", status="False")
+    assert ready["reason"] == "ManagementGroupNotFound"
+    assert "spec.managementGroupRef" in ready["message"] and "nowhere" in ready["message"]
+    live.assert_alive()
+
+
+def _full_pack() -> dict[str, Any]:
+    """The example pack with every list at its maxItems, every task argument naming an undeclared parameter."""
+    schema = SCHEMAS["ManagementPack"]["properties"]
+    pack = copy.deepcopy(EXAMPLES["management-pack-linux"])
+    spec = pack["spec"]
+    for field in ("rules", "monitors", "tasks"):
+        spec[field] = _grown(schema[field], spec[field], schema[field]["maxItems"])
+    arguments = schema["tasks"]["items"]["properties"]["arguments"]["maxItems"]
+    for task in spec["tasks"]:
+        task["arguments"] = [f"{{undeclared{i}}}" for i in range(arguments)]
+    spec["overrides"] = []
+    spec["managementGroupRef"] = {"name": "nowhere"}
+    return pack
+
+
+def test_a_pack_at_its_max_items_with_thousands_of_problems_gets_a_bounded_verdict(live: Live) -> None:
+    pack = _full_pack()
+    live.kubectl.create(pack)
+    name = pack["metadata"]["name"]
+    valid = _condition_becomes(live.kubectl, "managementpack", name, "Valid", status="False")
+    assert valid["reason"] == "InvalidReference"
+    assert "spec.tasks[0]" in valid["message"] and "{undeclared0}" in valid["message"]
+    assert len(valid["message"]) <= 4096, "one sentence per problem, thousands of them, must not flood the status"
+    group = _condition_becomes(live.kubectl, "managementpack", name, "ManagementGroupFound", status="False")
+    assert group["reason"] == "ManagementGroupNotFound"
+    status = live.kubectl.get("managementpack", name)["status"]
+    assert (status["rules"], status["monitors"], status["tasks"]) == tuple(
+        len(pack["spec"][field]) for field in ("rules", "monitors", "tasks"))
+    live.assert_alive()
+
+
+def test_a_task_for_an_agent_that_was_deleted_ends_timed_out_saying_why(live: Live) -> None:
+    kubectl = live.kubectl
+    kubectl.create(EXAMPLES["management-pack-linux"])
+    kubectl.create(EXAMPLES["agent-host"])
+    kubectl.run("delete", "agent", "db01-example-com", "--wait=true", "--timeout=60s")
+    kubectl.create(changed(EXAMPLES["agent-task"], {"spec.timeoutSeconds": 1}))
+    name = EXAMPLES["agent-task"]["metadata"]["name"]
+    eventually(lambda: (get_or_none(kubectl, "agenttask", name) or {}).get("status", {}).get("phase") == "TimedOut",
+               timeout=60, what="the run TimedOut")
+    status = kubectl.get("agenttask", name)["status"]
+    assert "no result reported by the agent" in status["output"]
+    assert condition(kubectl.get("agenttask", name), "Ready")["reason"] == "TimedOut"  # type: ignore[index]
+    live.assert_alive()
+
+
+KINDS = "managementgroups,agents,managementpacks,gateways,agenttasks"
+
+
+def test_objects_deleted_mid_reconcile_leave_the_operator_up_and_nothing_stuck(live: Live) -> None:
+    kubectl = live.kubectl
+    # Each object is deleted while the operator is still busy with its creation (CA, databases, children).
+    bodies = [EXAMPLES["management-group"], EXAMPLES["agent-host"], EXAMPLES["management-pack-linux"],
+              EXAMPLES["gateway"], EXAMPLES["agent-task"]]
+    for round in range(3):
+        for body in bodies:
+            created = kubectl.create({**body, "metadata": {"name": f"{body['metadata']['name']}-{round}"}})
+            kubectl.run("delete", created["kind"].lower(), created["metadata"]["name"], "--wait=false")
+    # Nothing left Terminating: every finalizer the operator added it also removed.
+    eventually(lambda: not kubectl.run("get", KINDS, "-o", "name")[1].strip(), timeout=120,
+               what="every deleted object gone")
+    live.assert_alive()
+    # And it still reconciles what comes next.
+    kubectl.create(changed(EXAMPLES["agent-host"], {"spec.managementGroupRef.name": "nowhere"}))
+    assigned = _condition_becomes(kubectl, "agent", "db01-example-com", "Assigned", status="False")
+    assert assigned["reason"] == "ManagementGroupNotFound"

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from opsmgr.api import Gateway, ManagementGroup
+from opsmgr.api import Gateway, GatewayStatus, ManagementGroup
 from opsmgr.api.common import GROUP, VERSION
 from opsmgr.api.conditions import ConditionStatus, set_condition, summarize_ready
 from opsmgr.operator import render
@@ -73,12 +73,16 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], groups_in
     namespace = gateway.metadata.namespace or ""
     reference = gateway.spec.management_group_ref
     found = entries(groups_index, (reference.namespace_or(namespace), reference.name))
+    now = datetime.now(UTC)
     if not found:
+        # Said in the status, not only the operator's log: without the group there is no CA to issue from.
+        missing = Verdict(ConditionStatus.FALSE, "ManagementGroupNotFound",
+                          f"spec.managementGroupRef names {reference.name}, which does not exist; create it or "
+                          "correct the reference")
+        await _write(context, body, verdicts={CERTIFICATE_READY: missing}, update={}, now=now)
         raise kopf.TemporaryError(f"ManagementGroup {reference.name} does not exist (yet)", delay=30)
     group = ManagementGroup.from_body(found[0])
     names = render.group_names(group)
-    now = datetime.now(UTC)
-    old = gateway.status
     verdicts: dict[str, Verdict] = {}
     update: dict[str, Any] = {}
     servers = names.server_pods(group.spec.servers.replicas)
@@ -106,14 +110,20 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], groups_in
         verdicts[AVAILABLE] = (Verdict(ConditionStatus.TRUE, "Available", f"{ready} gateway pod(s) accept agents")
                                if ready >= 1 else
                                Verdict(ConditionStatus.FALSE, "Starting", "no gateway pod accepts agents yet"))
-    generation = gateway.metadata.generation
+    return (await _write(context, body, verdicts=verdicts, update=update, now=now)).ready
+
+
+async def _write(context: OperatorContext, body: Mapping[str, Any], *, verdicts: Mapping[str, Verdict],
+                 update: Mapping[str, Any], now: datetime) -> GatewayStatus:
+    gateway = Gateway.from_body(body)
+    old, generation = gateway.status, gateway.metadata.generation
     conditions = fold(old.conditions, verdicts, generation, now)
     conditions = set_condition(conditions, summarize_ready(conditions, (CERTIFICATE_READY, AVAILABLE),
                                                            generation=generation, now=now))
     new = old.model_copy(update={**update, "observed_generation": generation, "conditions": conditions})
     if await write_status(context.kube, body, status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)):
         announce(body, transitions(old.conditions, new.conditions))
-    return new.ready
+    return new
 
 
 @kopf.on.resume(GROUP, VERSION, "gateways")
