@@ -289,6 +289,10 @@ def test_a_gateway_naming_a_group_that_does_not_exist_says_so(live: Live) -> Non
     ready = _condition_becomes(live.kubectl, "gateway", "dmz", "Ready", status="False")
     assert ready["reason"] == "ManagementGroupNotFound"
     assert "spec.managementGroupRef" in ready["message"] and "nowhere" in ready["message"]
+    # Once the group exists the same gateway gets its certificate: the problem was reported, not memorised.
+    live.kubectl.create({**EXAMPLES["management-group"], "metadata": {"name": "nowhere"}})
+    issued = _condition_becomes(live.kubectl, "gateway", "dmz", "CertificateReady", status="True", timeout=120)
+    assert issued["reason"] == "Issued"
     live.assert_alive()
 
 
@@ -335,6 +339,21 @@ def test_a_task_for_an_agent_that_was_deleted_ends_timed_out_saying_why(live: Li
     status = kubectl.get("agenttask", name)["status"]
     assert "no result reported by the agent" in status["output"]
     assert condition(kubectl.get("agenttask", name), "Ready")["reason"] == "TimedOut"  # type: ignore[index]
+    live.assert_alive()
+
+
+def test_a_task_for_a_deleted_agent_says_the_agent_is_missing_until_it_returns(live: Live) -> None:
+    kubectl = live.kubectl
+    kubectl.create(EXAMPLES["management-pack-linux"])
+    kubectl.create(EXAMPLES["agent-host"])
+    kubectl.run("delete", "agent", "db01-example-com", "--wait=true", "--timeout=60s")
+    kubectl.create(changed(EXAMPLES["agent-task"], {"spec.timeoutSeconds": 3600}))
+    name = EXAMPLES["agent-task"]["metadata"]["name"]
+    accepted = _condition_becomes(kubectl, "agenttask", name, "Accepted", status="False")
+    assert accepted["reason"] == "AgentNotFound" and "db01-example-com" in accepted["message"]
+    assert kubectl.get("agenttask", name)["status"]["phase"] == "Pending"  # it may still appear: not failed yet
+    kubectl.create(EXAMPLES["agent-host"])
+    assert _condition_becomes(kubectl, "agenttask", name, "Accepted", status="True")["reason"] == "Accepted"
     live.assert_alive()
 
 

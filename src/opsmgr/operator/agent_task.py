@@ -86,7 +86,7 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], agents_in
         if phase.finished and old.completion_time is None:
             update["completion_time"] = now
     else:
-        verdicts[ACCEPTED] = Verdict(ConditionStatus.TRUE, "Accepted", f"waiting for agent {task.spec.agent}")
+        verdicts[ACCEPTED] = await _agent_verdict(context, namespace, task.spec.agent or "", agents_index)
         created = task.metadata.creation_timestamp or now
         if timed_out(old.phase, old.start_time, created, timeout_of(task.spec, definition), now):
             update |= {"phase": TaskPhase.TIMED_OUT, "completion_time": now,
@@ -100,6 +100,16 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], agents_in
     new = old.model_copy(update={**update, "observed_generation": generation, "conditions": conditions})
     if await write_status(context.kube, body, status_patch(body.get("status") or {}, new.to_dict(), OWNED_STATUS)):
         announce(body, transitions(old.conditions, new.conditions))
+
+
+async def _agent_verdict(context: OperatorContext, namespace: str, agent: str, agents_index: Any) -> Verdict:
+    """Accepted while the agent exists; a run for a missing (or deleted) agent says so until it times out."""
+    # The index may trail a just-created Agent: only a read settles that it is missing.
+    known = any(name == agent for name, _ in entries(agents_index, namespace))
+    if known or await context.kube.get(API_VERSION, "Agent", namespace, agent) is not None:
+        return Verdict(ConditionStatus.TRUE, "Accepted", f"waiting for agent {agent}")
+    return Verdict(ConditionStatus.FALSE, "AgentNotFound", f"spec.agent names {agent}, which does not exist in this "
+                   "namespace; the run times out unless the Agent is created")
 
 
 def _unfinished(*, status: kopf.Status, **_: Any) -> bool:
