@@ -20,6 +20,7 @@ from opsmgr.api import RESOURCES, Gateway, ManagementGroup
 from opsmgr.api.crd import crd_stream
 from opsmgr.dev.cluster import LocalCluster
 from opsmgr.operator import render, render_agents
+from opsmgr.operator.names import FIELD_MANAGER
 from opsmgr.protocol.enrollment import tokens_secret_name
 from tests.integration.install.conftest import DEPLOY, Document, documents, find
 from tests.unit.api.cases import EXAMPLES
@@ -198,7 +199,9 @@ def test_the_operator_can_write_every_child_it_renders(shipped: Shipped, group: 
     ]
     kinds = {child["kind"] for child in children}
     assert {"Role", "RoleBinding", "ClusterRoleBinding", "StatefulSet", "DaemonSet", "Job", "Secret"} <= kinds
-    apply = ["apply", "--server-side", "--field-manager=opsmgr", f"--as={shipped.operator}", "-f", "-"]
+    # As the operator applies: its field manager, so a running operator's own fields never conflict.
+    apply = ["apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
+             f"--as={shipped.operator}", "-f", "-"]
     # Roles for real first: a RoleBinding's escalation check looks its Role up, and a dry run stores nothing.
     roles = [child for child in children if child["kind"] in {"Role", "ServiceAccount"}]
     shipped.cluster.kubectl(*apply, input=yaml.safe_dump_all(roles))
