@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_SECONDS = 30.0
 GOODBYE_FLUSH_SECONDS = 30.0
+WRITE_DRAIN_SECONDS = 5.0
 _OUTCOMES = {CommitOutcome.COMMITTED: pb.Ack.OUTCOME_COMMITTED,
              CommitOutcome.ALREADY_COMMITTED: pb.Ack.OUTCOME_ALREADY_COMMITTED}
 
@@ -78,6 +79,7 @@ class AgentSession:
         self._inflight = asyncio.Semaphore(settings.inflight_batches)
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
+        self._write: asyncio.Future[None] | None = None  # the write in flight, if any
         self._on_bound: Callable[[AgentSession], None] = lambda _session: None
 
     def fields(self, **more: object) -> dict[str, Any]:
@@ -116,6 +118,9 @@ class AgentSession:
             for task in (reader, sender, *self._ack_tasks):
                 task.cancel()
             await asyncio.gather(reader, sender, *self._ack_tasks, return_exceptions=True)
+            if self._write is not None:
+                # Bounded: a peer that stopped reading never lets a write finish; its call ends when it goes.
+                await asyncio.wait({self._write}, timeout=WRITE_DRAIN_SECONDS)
 
     async def _flush(self) -> None:
         """After the agent's Goodbye or end of writing: let in-flight batches finish and their acks go out."""
@@ -128,8 +133,12 @@ class AgentSession:
     async def _send_loop(self) -> None:
         while True:
             message = await self._outbox.get()
+            # A write cancelled midway leaves its operation pending in gRPC's core; the status that ends the stream
+            # then fails (TOO_MANY_OPERATIONS) and the stream hangs open. So a write always runs to its end.
+            write = self._write = asyncio.ensure_future(self.context.write(message))
+            write.add_done_callback(_retrieved)
             try:
-                await self.context.write(message)
+                await asyncio.shield(write)
             finally:
                 self._outbox.task_done()
 
@@ -315,6 +324,12 @@ class _Oversized(_Malformed):
     def __init__(self, refusal: Refusal, batch: pb.DataBatch) -> None:
         super().__init__(refusal)
         self.batch = batch
+
+
+def _retrieved(write: asyncio.Future[None]) -> None:
+    # A write outlives its sender when the stream closes; a peer gone meanwhile is not worth a warning.
+    if not write.cancelled():
+        write.exception()
 
 
 def _queue(status: pb.QueueStatus) -> QueueReport:
