@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,11 +53,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append(("control-plane logs", logs))
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[LocalPostgres]:
-    """One real PostgreSQL server for the whole session; each test gets its own database from it."""
+_FIGURES: list[tuple[str, list[str]]] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[Sequence[str]], None]:
+    """Figures a test measured (counts per fault, inputs fuzzed): printed in the run's summary, passed or not."""
+
+    def add(lines: Sequence[str]) -> None:
+        _FIGURES.append((request.node.nodeid, list(lines)))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section("figures")
+    for nodeid, lines in _FIGURES:
+        terminalreporter.write_line(nodeid)
+        for line in lines:
+            terminalreporter.write_line(f"  {line}")
+
+
+@contextlib.contextmanager
+def running_postgres(prefix: str = "opsmgr-pg-") -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server of its own in a temporary directory, removed afterwards."""
     # Not under pytest's tmp_path: that is private to root, and PostgreSQL runs as its own account when we are root.
-    directory = Path(tempfile.mkdtemp(prefix="opsmgr-pg-"))
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     server = LocalPostgres(directory)
     server.start()
     try:
@@ -65,6 +88,13 @@ def postgres_server() -> Iterator[LocalPostgres]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server for the whole session; each test gets its own database from it."""
+    with running_postgres() as server:
+        yield server
 
 
 @contextlib.asynccontextmanager

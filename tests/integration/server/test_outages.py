@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import shutil
 import signal
-import tempfile
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -20,6 +17,7 @@ import psutil
 from grpc import aio
 
 from opsmgr.dev.postgres import LocalPostgres
+from tests.conftest import running_postgres
 from tests.integration.server.client import OPERATIONAL, ReplayingAgent
 from tests.integration.server.conftest import (
     MakeServer,
@@ -130,9 +128,7 @@ async def test_acknowledged_batches_survive_a_database_crash_on_a_server_tuned_t
         make_server: MakeServer, pki: Pki, warehouse_dsn: str) -> None:
     # Tests' PostgreSQL runs with synchronous_commit=off; this one also writes its WAL only every 10 s, so a
     # commit the management server does not insist on flushing is certainly lost by the crash below.
-    database = LocalPostgres(Path(tempfile.mkdtemp(prefix="opsmgr-pg-crash-")))
-    database.start()
-    try:
+    with running_postgres("opsmgr-pg-crash-") as database:
         admin = await asyncpg.connect(database.dsn())
         try:
             await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
@@ -151,6 +147,3 @@ async def test_acknowledged_batches_survive_a_database_crash_on_a_server_tuned_t
         await asyncio.to_thread(postmaster.wait, 30)
         database.start()
         await assert_exactly_once(agent.items.generated, database.dsn(), warehouse_dsn)
-    finally:
-        database.stop()
-        shutil.rmtree(database.directory, ignore_errors=True)
