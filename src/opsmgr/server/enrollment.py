@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from opsmgr.api import ManagementGroup
@@ -65,11 +66,20 @@ class EnrollmentService:
         self.retry_after_seconds = retry_after_seconds
 
     def handler(self) -> grpc.GenericRpcHandler:
-        method = grpc.unary_unary_rpc_method_handler(self.enroll, request_deserializer=pb.EnrollRequest.FromString,
+        # Raw bytes in, decoded by `enroll`: gRPC's own decoding answers garbage with UNKNOWN and an error traceback.
+        method = grpc.unary_unary_rpc_method_handler(self.enroll, request_deserializer=None,
                                                      response_serializer=pb.EnrollReply.SerializeToString)
         return grpc.method_handlers_generic_handler(SERVICE, {"Enroll": method})
 
-    async def enroll(self, request: pb.EnrollRequest, context: aio.ServicerContext[Any, Any]) -> pb.EnrollReply:
+    async def enroll(self, raw: bytes, context: aio.ServicerContext[Any, Any]) -> pb.EnrollReply:
+        try:
+            request = pb.EnrollRequest.FromString(raw)
+        except DecodeError as error:
+            log.warning("enrollment request malformed", extra={"fields": {"peer": context.peer(), "error": str(error)}})
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the request is not an EnrollRequest ({error}). Fix: use `opsmgr enroll` of a "
+                                "matching release")
+            raise  # abort raises; this keeps mypy sure the function never falls through
         try:
             return await self._enroll(request, context.peer())
         except (KubeError, OSError, TimeoutError) as error:

@@ -167,13 +167,12 @@ def test_a_pod_asking_for_a_foreign_cn_is_refused(enrollment: Enrollment, identi
     assert "CNMismatch" in _reasons(enrollment, "shop-web-2")
 
 
-def _call(enrollment: Enrollment, request: pb.EnrollRequest) -> Any:
+def _call(enrollment: Enrollment, request: pb.EnrollRequest | bytes) -> Any:
     credentials = grpc.ssl_channel_credentials(root_certificates=enrollment.ca_file.read_bytes())
     options = [("grpc.ssl_target_name_override", enrollment.server_name)]
     with grpc.secure_channel(f"127.0.0.1:{enrollment.enrollment_port}", credentials, options=options) as channel:
-        stub = channel.unary_unary(METHOD, request_serializer=pb.EnrollRequest.SerializeToString,
-                                   response_deserializer=pb.EnrollReply.FromString)
-        return stub(request, timeout=30)
+        stub = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=pb.EnrollReply.FromString)
+        return stub(request if isinstance(request, bytes) else request.SerializeToString(), timeout=30)
 
 
 def test_a_vm_csr_for_a_foreign_cn_gets_nothing_and_keeps_its_token(enrollment: Enrollment) -> None:
@@ -185,3 +184,15 @@ def test_a_vm_csr_for_a_foreign_cn_gets_nothing_and_keeps_its_token(enrollment: 
     assert not reply.certificate_pem and enrollment.agent(VM) is None
     listed = enrollment.opsmgr("token", "list", "--group", GROUP, "-n", enrollment.namespace)
     assert "    0 " in listed.stdout  # not spent on a request that failed validation
+
+
+def test_bytes_that_are_not_an_enroll_request_are_refused_as_invalid_argument(enrollment: Enrollment) -> None:
+    # Found by fuzzing: gRPC's own decoding answered UNKNOWN and logged a traceback at error level per request.
+    with pytest.raises(grpc.RpcError) as raised:
+        _call(enrollment, b"\xff\x00")
+    error: Any = raised.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "not an EnrollRequest" in error.details()
+    assert not [line for line in enrollment.server.log_lines() if line["level"] == "error"]
+    reply = _call(enrollment, pb.EnrollRequest(join_token="x", fqdn=VM))  # the endpoint answers the next one
+    assert reply.outcome == pb.EnrollReply.REFUSED
