@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 _WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_HEARTBEAT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass
@@ -32,6 +33,10 @@ class ServerMetrics:
         self.batches_per_transaction = Histogram("opsmgr_batches_per_transaction",
                                                  "Batches group-committed in one transaction.", ["database"],
                                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        # On one host this is the server's heartbeat handling latency; across hosts it includes their clock skew.
+        self.heartbeat_delay = Histogram("opsmgr_heartbeat_delay_seconds",
+                                         "From a heartbeat's sent_at (agent clock) to the server recording it.",
+                                         buckets=_HEARTBEAT_BUCKETS, registry=r)
         self.acks = Counter("opsmgr_acks", "Acks sent, by database and outcome.", ["database", "outcome"],
                             registry=r)
         self.refusals = Counter("opsmgr_refusals", "Streams or messages refused, by reason.", ["reason"],

@@ -225,8 +225,13 @@ class AgentSession:
                 await self._on_batch(message.batch)
             elif body == "heartbeat":
                 beat = message.heartbeat
-                self.presence.heartbeat(self.agent, self.session_id, datetime.now(UTC), beat.seq,
+                now = datetime.now(UTC)
+                self.presence.heartbeat(self.agent, self.session_id, now, beat.seq,
                                         _queue(beat.queue) if beat.HasField("queue") else None)
+                if beat.HasField("sent_at"):
+                    # A clock behind ours would give a negative delay; it counts as none.
+                    delay = now.timestamp() - beat.sent_at.ToNanoseconds() / 1e9
+                    self.metrics.heartbeat_delay.observe(max(0.0, delay))
             elif body == "goodbye":
                 self.presence.goodbye(self.agent, self.session_id, datetime.now(UTC), message.goodbye.reason)
                 log.info("agent said goodbye", extra={"fields": self.fields(reason=message.goodbye.reason)})
