@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all venv postgres-bin testbin lint test unit demo clean
+.PHONY: all venv postgres-bin testbin lint test unit demo clean bench
 
 all: test
 
@@ -59,6 +59,11 @@ unit: venv
 
 demo: venv postgres-bin testbin
 	$(VENV)/bin/opsmgr dev demo
+
+# Benchmarks print figures and never assert; `make test` never runs them. BENCH=full: 10,000 agents, full sizes.
+BENCH ?= short
+bench: venv postgres-bin testbin
+	$(PY) -m bench --mode $(BENCH)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
