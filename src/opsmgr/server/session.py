@@ -229,9 +229,11 @@ class AgentSession:
                 self.presence.heartbeat(self.agent, self.session_id, now, beat.seq,
                                         _queue(beat.queue) if beat.HasField("queue") else None)
                 if beat.HasField("sent_at"):
-                    # A clock behind ours would give a negative delay; it counts as none.
-                    delay = now.timestamp() - beat.sent_at.ToNanoseconds() / 1e9
-                    self.metrics.heartbeat_delay.observe(max(0.0, delay))
+                    # A time protobuf cannot represent (seconds past year 9999, nanos out of range) measures nothing.
+                    with contextlib.suppress(ValueError):
+                        # A clock behind ours would give a negative delay; it counts as none.
+                        delay = now.timestamp() - beat.sent_at.ToNanoseconds() / 1e9
+                        self.metrics.heartbeat_delay.observe(max(0.0, delay))
             elif body == "goodbye":
                 self.presence.goodbye(self.agent, self.session_id, datetime.now(UTC), message.goodbye.reason)
                 log.info("agent said goodbye", extra={"fields": self.fields(reason=message.goodbye.reason)})
