@@ -40,6 +40,15 @@ class WriteFailed(RuntimeError):
     """The database did not commit the group this batch was in; the agent keeps it and replays."""
 
 
+class BatchRefused(RuntimeError):
+    """The database refuses this batch's data itself (SQLSTATE class 22 or 23): a replay would fail the same way,
+    so the agent is told REJECTED and drops it, counted, instead of replaying it for ever."""
+
+
+# Errors about the rows, not the database's state: written alone, the batch would fail again, the others would not.
+REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
 @dataclass(eq=False)
 class _Submission:
     batch: Batch
@@ -177,7 +186,7 @@ class IngestPipeline:
             self._writing += 1
             started = time.monotonic()
             try:
-                results = await self._write(group)
+                results = await self._write_isolating_refusals(group)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._failed(group, exc)
                 await asyncio.sleep(backoff)
@@ -193,12 +202,37 @@ class IngestPipeline:
             backoff = _BACKOFF_FIRST
             self._committed(group, results, time.monotonic() - started)
 
+    async def _write_isolating_refusals(self, group: list[_Submission]) -> list[CommitResult | BatchRefused]:
+        """The group in one transaction; if the database refuses some batch's data, each batch alone, so one agent's
+        bad batch never fails (and keeps failing, on every replay) the batches of others committed with it."""
+        try:
+            return list(await self._write(group))
+        except REFUSED_DATA as refused:
+            if len(group) == 1:
+                return [self._refused(group[0], refused)]
+        outcomes: list[CommitResult | BatchRefused] = []
+        for submission in group:
+            try:
+                outcomes += await self._write([submission])
+            except REFUSED_DATA as refused:
+                outcomes.append(self._refused(submission, refused))
+        return outcomes
+
+    def _refused(self, submission: _Submission, error: asyncpg.PostgresError) -> BatchRefused:
+        batch = submission.batch
+        log.warning("database refused a batch's data; the agent is told to drop it", extra={"fields": {
+            "database": self.database.value, "agent": batch.id.agent, "epoch": str(batch.id.epoch),
+            "seq": batch.id.seq, "error": f"{type(error).__name__}: {error}"}})
+        return BatchRefused(f"the {self.database.value} database refuses this batch's data "
+                            f"({type(error).__name__}: {error}); it cannot be written and is not replayed")
+
     async def _write(self, group: list[_Submission]) -> list[CommitResult]:
         pool = await self.link.pool()
         async with pool.acquire() as conn:
             return await WRITERS[self.database](conn, [s.batch for s in group], self.link.retention)
 
-    def _committed(self, group: list[_Submission], results: list[CommitResult], seconds: float) -> None:
+    def _committed(self, group: list[_Submission], results: list[CommitResult | BatchRefused],
+                   seconds: float) -> None:
         self._last_progress = time.monotonic()
         if self._failing_since is not None:
             log.info("database writes recovered", extra={"fields": {
@@ -207,6 +241,9 @@ class IngestPipeline:
         self.metrics.write_seconds.labels(self.database.value).observe(seconds)
         self.metrics.batches_per_transaction.labels(self.database.value).observe(len(group))
         for submission, result in zip(group, results, strict=True):
+            if isinstance(result, BatchRefused):
+                _resolve(submission.future, result)
+                continue
             for kind, count in result.written.items():
                 self.metrics.items.labels(kind.value, self.database.value).inc(count)
             for (kind, reason), count in result.dropped.items():

@@ -31,7 +31,7 @@ from opsmgr.protocol.versions import UnsupportedVersion, VersionRange, negotiate
 from opsmgr.server.admission import Refusal, admit_speaker
 from opsmgr.server.convert import WIRE_DATABASES, owed_databases, to_batch
 from opsmgr.server.directory import AgentDirectory
-from opsmgr.server.ingest import IngestPipeline
+from opsmgr.server.ingest import BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger, QueueReport
 
@@ -295,7 +295,9 @@ class AgentSession:
                 for future in done:
                     database = waiting.pop(future)
                     failure = future.exception()
-                    if failure is not None:
+                    if isinstance(failure, BatchRefused):
+                        await self._send_rejection(batch, database, str(failure))
+                    elif failure is not None:
                         await self._send_ack(batch, database, None, str(failure))
                     else:
                         await self._send_ack(batch, database, future.result(), "")
@@ -306,6 +308,12 @@ class AgentSession:
                         await self._send_ack(batch, database, None, f"the {database.value} database is stalled")
         finally:
             self._inflight.release()
+
+    async def _send_rejection(self, batch: Batch, database: Database, reason: str) -> None:
+        self.metrics.acks.labels(database.value, "rejected").inc()
+        await self._outbox.put(pb.ServerMessage(ack=pb.Ack(
+            epoch=str(batch.epoch), seq=batch.seq, database=WIRE_DATABASES[database],
+            outcome=pb.Ack.OUTCOME_REJECTED, reason=reason)))
 
     async def _send_ack(self, batch: Batch, database: Database, result: CommitResult | None, reason: str) -> None:
         if result is None:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
 
 from opsmgr.protocol import agent_channel_pb2 as pb
-from tests.integration.server.client import WAREHOUSE, AgentStream, ReplayingAgent, channel, owed
-from tests.integration.server.conftest import AGENTS, Pki, ServerProcess, assert_exactly_once, count_rows
+from tests.integration.server.client import OPERATIONAL, WAREHOUSE, AgentStream, ReplayingAgent, channel, owed, stamp
+from tests.integration.server.conftest import (
+    AGENTS,
+    MakeServer,
+    Pki,
+    ServerProcess,
+    assert_exactly_once,
+    count_rows,
+)
 
 
 async def test_every_item_kind_lands_in_its_databases_exactly_once(
@@ -63,3 +74,38 @@ async def test_agents_stream_concurrently_and_their_batches_share_transactions(
     metrics = running_server.metrics()
     assert 'opsmgr_acks_total{database="operational",outcome="committed"} 90.0' in metrics
     assert "opsmgr_batches_per_transaction_bucket" in metrics
+
+
+async def test_a_batch_the_database_refuses_is_rejected_alone_and_the_batches_written_with_it_are_not(
+        make_server: MakeServer, pki: Pki, postgres_dsn: str, warehouse_dsn: str) -> None:
+    # One writer taking big groups, so the refused batch shares its transaction with other agents' batches.
+    server = make_server(writers_per_database=1, batches_per_transaction=64)
+    server.start()
+    others = [ReplayingAgent(server.agent_port, pki.agent(name)) for name in AGENTS[1:3]]
+    await others[0].run_session(new_batches=2)  # the schema exists now
+    conn = await asyncpg.connect(postgres_dsn)
+    try:  # a rule of the database's own that our validation cannot know: the row is refused by PostgreSQL itself
+        await conn.execute("ALTER TABLE events ADD CONSTRAINT refuses_poison CHECK (description <> 'poison')")
+    finally:
+        await conn.close()
+    poison = pb.DataBatch(epoch=str(uuid.uuid4()), seq=0, lane=pb.LANE_BULK, items=[pb.Item(event=pb.Event(
+        logged_at=stamp(datetime.now(UTC)), object_key="poison:1", channel="syslog", source="test", level=3,
+        description="poison"))])
+    async with channel(server.agent_port, pki.agent(AGENTS[0])) as chan:
+        stream = AgentStream(chan)
+        await stream.hello()
+        flowing = asyncio.gather(*(agent.run_session(new_batches=40, window=16) for agent in others))
+        await asyncio.sleep(0.3)  # mid-flow
+        await stream.send(pb.AgentMessage(batch=poison))
+        acks = {ack.database: ack for ack in await stream.acks_until(2, within=60)}
+        async with asyncio.timeout(90):
+            await flowing
+    assert acks[OPERATIONAL].outcome == pb.Ack.OUTCOME_REJECTED, acks[OPERATIONAL]
+    assert "refuses_poison" in acks[OPERATIONAL].reason
+    assert acks[WAREHOUSE].outcome == pb.Ack.OUTCOME_COMMITTED, "the warehouse has no such rule"
+    for agent in others:
+        assert not agent.queue and not agent.rejected and agent.deferred == 0, "nobody else paid for it"
+    events = set().union(*(agent.items.generated["event"] for agent in others))
+    assert (await count_rows(postgres_dsn))["event"] == (len(events), len(events))
+    assert (await count_rows(warehouse_dsn))["event"] == (len(events) + 1, len(events) + 1)
+    assert "refused a batch's data" in server.log_path.read_text()
