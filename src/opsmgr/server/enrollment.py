@@ -27,7 +27,7 @@ from opsmgr.pki import Approval, CertificateError, Identity, Role, ValidatedCsr,
 from opsmgr.pki.names import normalize_fqdn
 from opsmgr.pki.pem import certificate_pem, load_csr
 from opsmgr.protocol import enrollment_pb2 as pb
-from opsmgr.protocol.enrollment import ENROLLED_SERIAL_ANNOTATION, ENROLLMENT_KEY_ANNOTATION, SERVICE
+from opsmgr.protocol.enrollment import ENROLLED_SERIAL_ANNOTATION, ENROLLMENT_KEY_ANNOTATION, SERVICE, TOKEN_AUDIENCE
 from opsmgr.server.enrollment_cluster import EnrollmentCluster
 from opsmgr.server.enrollment_rules import (
     Action,
@@ -99,6 +99,11 @@ class EnrollmentService:
             csr = load_csr(bytes(request.csr_pem), "EnrollRequest.csr_pem")
         except CertificateError as error:
             return await self._refuse(group_subject, error.reason, str(error), peer, proof)
+        if proof == "service_account_token" and not request.service_account_token.strip():
+            # TokenReview answers 400 to an empty token: the agent's error, not an unreachable API server.
+            return await self._refuse(group_subject, "InvalidServiceAccountToken",
+                                      "the ServiceAccount token is empty. Fix: present the projected token of the pod "
+                                      f"(a serviceAccountToken volume with audience {TOKEN_AUDIENCE!r})", peer, proof)
         if proof == "service_account_token":
             return await self._enroll_pod(request.service_account_token, csr, peer)
         return await self._enroll_host(request, csr, peer)

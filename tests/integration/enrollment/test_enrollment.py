@@ -196,3 +196,11 @@ def test_bytes_that_are_not_an_enroll_request_are_refused_as_invalid_argument(en
     assert not [line for line in enrollment.server.log_lines() if line["level"] == "error"]
     reply = _call(enrollment, pb.EnrollRequest(join_token="x", fqdn=VM))  # the endpoint answers the next one
     assert reply.outcome == pb.EnrollReply.REFUSED
+
+
+def test_an_empty_service_account_token_is_refused_not_blamed_on_the_api_server(enrollment: Enrollment) -> None:
+    # Found by fuzzing: TokenReview answered 400 and the agent heard UNAVAILABLE, "cannot reach the Kubernetes API".
+    csr = build_csr(generate_private_key(), VM).public_bytes(Encoding.PEM)
+    reply = _call(enrollment, pb.EnrollRequest(service_account_token="", csr_pem=csr))
+    assert (reply.outcome, reply.reason) == (pb.EnrollReply.REFUSED, "InvalidServiceAccountToken")
+    assert "empty" in reply.message
