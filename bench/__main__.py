@@ -27,7 +27,7 @@ PLAN: dict[str, dict[str, list[str] | None]] = {
     "bench_operator": {"short": ["100"], "full": []},
     "bench_fleet": {"short": ["--agents", "1000", "--heartbeat-seconds", "10", "--batch-seconds", "10",
                               "--steady-seconds", "30", "--runs", "3"],
-                    "full": ["--agents", "10000", "--steady-seconds", "120"]},
+                    "full": ["--agents", "10000", "--steady-seconds", "120", "--runs", "3"]},
 }
 
 
