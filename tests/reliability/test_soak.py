@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import psutil
 import pytest
 
 from opsmgr.agent.lanes import ItemKind
@@ -40,6 +38,7 @@ from tests.integration.server.conftest import (  # noqa: F401
     MakeServer,
     Pki,
     ServerProcess,
+    crash,
     make_server,
     pki,
     warehouse_dsn,
@@ -163,12 +162,7 @@ async def server_sigkill(soak: Soak) -> None:
 
 
 async def postgres_restart(soak: Soak) -> None:
-    # SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, crash recovery on start, every session cut.
-    pid = soak.operational.pid
-    assert pid is not None
-    postmaster = psutil.Process(pid)
-    postmaster.send_signal(signal.SIGQUIT)
-    await asyncio.to_thread(postmaster.wait, 30)
+    await asyncio.to_thread(crash, soak.operational)
     await asyncio.sleep(2)
     await asyncio.to_thread(soak.operational.start)
 

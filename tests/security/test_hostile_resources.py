@@ -327,13 +327,18 @@ def test_a_pack_at_its_max_items_with_thousands_of_problems_gets_a_bounded_verdi
     live.assert_alive()
 
 
-def test_a_task_for_an_agent_that_was_deleted_ends_timed_out_saying_why(live: Live) -> None:
-    kubectl = live.kubectl
+def _task_for_a_deleted_agent(kubectl: Kubectl, timeout_seconds: int) -> str:
+    """The example task, created after its agent (db01-example-com) was created and deleted; returns its name."""
     kubectl.create(EXAMPLES["management-pack-linux"])
     kubectl.create(EXAMPLES["agent-host"])
     kubectl.run("delete", "agent", "db01-example-com", "--wait=true", "--timeout=60s")
-    kubectl.create(changed(EXAMPLES["agent-task"], {"spec.timeoutSeconds": 1}))
-    name = EXAMPLES["agent-task"]["metadata"]["name"]
+    kubectl.create(changed(EXAMPLES["agent-task"], {"spec.timeoutSeconds": timeout_seconds}))
+    return str(EXAMPLES["agent-task"]["metadata"]["name"])
+
+
+def test_a_task_for_an_agent_that_was_deleted_ends_timed_out_saying_why(live: Live) -> None:
+    kubectl = live.kubectl
+    name = _task_for_a_deleted_agent(kubectl, 1)
     eventually(lambda: (get_or_none(kubectl, "agenttask", name) or {}).get("status", {}).get("phase") == "TimedOut",
                timeout=60, what="the run TimedOut")
     status = kubectl.get("agenttask", name)["status"]
@@ -344,11 +349,7 @@ def test_a_task_for_an_agent_that_was_deleted_ends_timed_out_saying_why(live: Li
 
 def test_a_task_for_a_deleted_agent_says_the_agent_is_missing_until_it_returns(live: Live) -> None:
     kubectl = live.kubectl
-    kubectl.create(EXAMPLES["management-pack-linux"])
-    kubectl.create(EXAMPLES["agent-host"])
-    kubectl.run("delete", "agent", "db01-example-com", "--wait=true", "--timeout=60s")
-    kubectl.create(changed(EXAMPLES["agent-task"], {"spec.timeoutSeconds": 3600}))
-    name = EXAMPLES["agent-task"]["metadata"]["name"]
+    name = _task_for_a_deleted_agent(kubectl, 3600)
     accepted = _condition_becomes(kubectl, "agenttask", name, "Accepted", status="False")
     assert accepted["reason"] == "AgentNotFound" and "db01-example-com" in accepted["message"]
     assert kubectl.get("agenttask", name)["status"]["phase"] == "Pending"  # it may still appear: not failed yet

@@ -99,6 +99,15 @@ def freeze(server: LocalPostgres) -> None:
         process.send_signal(signal.SIGSTOP)
 
 
+def crash(server: LocalPostgres) -> None:
+    """SIGQUIT, PostgreSQL's immediate shutdown: no checkpoint, every session cut, crash recovery from the WAL on
+    the next start; returns once the postmaster is gone."""
+    assert server.pid is not None
+    postmaster = psutil.Process(server.pid)
+    postmaster.send_signal(signal.SIGQUIT)
+    postmaster.wait(30)
+
+
 def resume(server: LocalPostgres) -> None:
     if server.pid is None:
         return

@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import signal
 
 import asyncpg
 import grpc
-import psutil
 from grpc import aio
 
 from opsmgr.dev.postgres import LocalPostgres
@@ -25,6 +23,7 @@ from tests.integration.server.conftest import (
     ServerProcess,
     assert_exactly_once,
     count_rows,
+    crash,
     freeze,
     resume,
 )
@@ -141,9 +140,6 @@ async def test_acknowledged_batches_survive_a_database_crash_on_a_server_tuned_t
         agent = ReplayingAgent(server.agent_port, pki.agent())
         await agent.run_session(new_batches=30)
         assert not agent.queue, "every batch was acknowledged by every database: the agent dropped them all"
-        assert database.pid is not None
-        postmaster = psutil.Process(database.pid)
-        postmaster.send_signal(signal.SIGQUIT)  # immediate shutdown: what a crash leaves, recovered from the WAL
-        await asyncio.to_thread(postmaster.wait, 30)
+        await asyncio.to_thread(crash, database)
         database.start()
         await assert_exactly_once(agent.items.generated, database.dsn(), warehouse_dsn)
