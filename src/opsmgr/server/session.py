@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT_SECONDS = 30.0
 GOODBYE_FLUSH_SECONDS = 30.0
 WRITE_DRAIN_SECONDS = 5.0
+HEAR_OUT_IDLE_SECONDS, HEAR_OUT_MESSAGES = 0.05, 16  # a refused peer cannot hold the refusal back long
 _OUTCOMES = {CommitOutcome.COMMITTED: pb.Ack.OUTCOME_COMMITTED,
              CommitOutcome.ALREADY_COMMITTED: pb.Ack.OUTCOME_ALREADY_COMMITTED}
 
@@ -112,6 +113,8 @@ class AgentSession:
                 closing = reader.result()
                 if closing is None:
                     await self._flush()
+                else:
+                    await self._hear_out()
                 return closing
             return sender.result()  # the peer went away while we wrote: nothing left to say
         finally:
@@ -121,6 +124,15 @@ class AgentSession:
             if self._write is not None:
                 # Bounded: a peer that stopped reading never lets a write finish; its call ends when it goes.
                 await asyncio.wait({self._write}, timeout=WRITE_DRAIN_SECONDS)
+
+    async def _hear_out(self) -> None:
+        """Before refusing, read what the peer already sent (bounded): a refusal that overtakes the peer's own
+        writes fails them on its side as INTERNAL, and it never hears why it was refused."""
+        with contextlib.suppress(TimeoutError, aio.AioRpcError, asyncio.InvalidStateError):
+            for _ in range(HEAR_OUT_MESSAGES):
+                async with asyncio.timeout(HEAR_OUT_IDLE_SECONDS):  # writes already under way arrive at once
+                    if await self.context.read() is aio.EOF:
+                        return
 
     async def _flush(self) -> None:
         """After the agent's Goodbye or end of writing: let in-flight batches finish and their acks go out."""
