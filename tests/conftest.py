@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+
+# Test processes run gRPC clients and servers while they start PostgreSQL as root, dropped to `postgres`: that
+# subprocess needs a real fork() (no vfork with user=), and gRPC's fork handlers, on by default in the wheels, then
+# crash the child or corrupt the parent's poller ("epoll_wait error: Bad file descriptor", pg_ctl killed by SIGSEGV).
+# gRPC reads this when it is first imported, and the conftests of the folders pytest was given import it before any
+# hook runs: so here, at the top of the first conftest.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 import shutil
 import tempfile
 import time
@@ -23,6 +30,7 @@ if TYPE_CHECKING:
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REAL_TIERS = ("integration", "e2e", "reliability", "security")
+
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
