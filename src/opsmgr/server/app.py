@@ -141,7 +141,11 @@ class ManagementServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            # Stop taking new streams first, then end the open ones: the grace is only for writes in flight.
+            stopped = asyncio.create_task(self._grpc.stop(grace))
+            await asyncio.sleep(0)
+            self.channel.stop()
+            await stopped
             self._grpc = None
         # The watcher kept recording heartbeats while the streams drained; now their closes go out, at once.
         if self._watcher_task is not None:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "opsmgr.agentchannel.v1.AgentChannel"
 REFUSAL_READ_SECONDS = 2.0  # a peer that sends nothing is refused after this; ours send Hello at once
+SERVER_STOPPING = Refusal("ServerStopping", "the management server is stopping; connect to another one")
 
 
 class AgentChannel:
@@ -47,6 +48,7 @@ class AgentChannel:
         self.revocations = revocations
         self.by_serial: dict[int, set[AgentSession]] = defaultdict(set)
         self.by_agent: dict[str, AgentSession] = {}
+        self.stopping = False
         revocations.on_revoked(self.close_revoked)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -59,6 +61,8 @@ class AgentChannel:
 
     async def connect(self, requests: AsyncIterator[bytes], context: aio.ServicerContext[bytes, bytes]) -> None:
         peer = context.peer()
+        if self.stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPING.message)
         try:
             certificate = peer_certificate(context.auth_context())
             role, name = claimed_role(certificate, self.directory)
@@ -82,7 +86,10 @@ class AgentChannel:
         finally:
             self._forget(session)
         if closing is not None:
-            session.refuse(closing.refusal, what="stream")
+            if closing.refusal is SERVER_STOPPING:
+                log.info("stream closed: server stopping", extra={"fields": session.fields()})
+            else:
+                session.refuse(closing.refusal, what="stream")
             await context.abort(closing.code, closing.refusal.message)
 
     def _bound(self, session: AgentSession) -> None:
@@ -106,6 +113,14 @@ class AgentChannel:
         self.metrics.refusals.labels(refusal.reason).inc()
         log.warning("stream refused", extra={"fields": {"peer": peer, "identity": identity, "reason": refusal.reason,
                                                         "detail": refusal.message}})
+
+    def stop(self) -> None:
+        """The server is stopping: end every stream now, so its agent moves to another server at once instead of
+        after the gRPC grace period. Each session first finishes the write in flight; batches written but not yet
+        acknowledged are sent again by the agent, and the server takes them once."""
+        self.stopping = True
+        for session in self.sessions():
+            session.close(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPING)
 
     def close_revoked(self, serials: frozenset[int]) -> None:
         for serial in serials:
