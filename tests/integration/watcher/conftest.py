@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -205,6 +206,7 @@ class HeartbeatingAgent:
         self.connected_to: ServerProcess | None = None
         self.beats = 0
         self.reconnects = 0
+        self.timeline: list[tuple[float, str]] = []  # (time.time(), what happened), for a failure to explain itself
         self._task: asyncio.Task[None] | None = None
         self._goodbye = False
 
@@ -218,11 +220,12 @@ class HeartbeatingAgent:
             server = servers[attempt % len(servers)]
             try:
                 await self._session(server)
-            except (OSError, TimeoutError):
-                pass  # the server is away: dial the next one
+            except (OSError, TimeoutError) as exc:
+                self.timeline.append((time.time(), f"{_member(server)}: {type(exc).__name__} {exc}"))
             except Exception as exc:  # grpc errors end a session like a broken socket
                 if type(exc).__name__ not in ("AioRpcError", "UsageError", "ExecuteBatchError"):
                     raise
+                self.timeline.append((time.time(), f"{_member(server)}: {str(exc).splitlines()[0][:160]}"))
             self.connected_to = None
             attempt += 1
             self.reconnects += 1
@@ -235,6 +238,7 @@ class HeartbeatingAgent:
             async with asyncio.timeout(2):
                 await stream.hello(fqdn(self.name))
             self.connected_to = server
+            self.timeline.append((time.time(), f"{_member(server)}: Hello answered"))
             reader = asyncio.create_task(self._drain(stream))
             try:
                 seq = 0
@@ -273,6 +277,23 @@ class HeartbeatingAgent:
                 async with asyncio.timeout(5):
                     await self._task
         self._task = None
+
+
+def _member(server: ServerProcess) -> str:
+    return str(server.config["kubernetes"]["member"])
+
+
+def explain(agent: HeartbeatingAgent, servers: Sequence[ServerProcess], since: float) -> str:
+    """What the agent and every server said about it since `since`: the story behind an unexpected alert."""
+    lines = [f"  {datetime.fromtimestamp(t, UTC):%H:%M:%S.%f} agent  {what}" for t, what in agent.timeline
+             if t >= since]
+    start = f"{datetime.fromtimestamp(since, UTC):%Y-%m-%dT%H:%M:%S}"
+    for server in servers:
+        for record in server.log_lines():
+            if fqdn(agent.name) in json.dumps(record) and str(record.get("time", "")) >= start:
+                rest = {k: v for k, v in record.items() if k not in ("time", "level", "logger", "msg")}
+                lines.append(f"  {str(record['time'])[11:23]}    {_member(server)} {record.get('msg')} {rest}")
+    return "\n".join(sorted(lines))
 
 
 async def watcher_alerts(dsn: str, agent: str | None = None) -> list[asyncpg.Record]:

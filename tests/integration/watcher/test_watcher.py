@@ -24,6 +24,7 @@ from tests.integration.watcher.conftest import (
     Fleet,
     HeartbeatingAgent,
     create_agents,
+    explain,
     fqdn,
     until,
     watcher_alerts,
@@ -182,7 +183,9 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
     watched = [(s.healthz() or {}).get("watched_agents", 0) for s in fleet.servers]
     for agent in agents:
         await agent.silence()
-    assert alerts == [], [(a["agent"], a["name"], a["raised_at"]) for a in alerts]
+    by_fqdn = {fqdn(agent.name): agent for agent in agents}
+    assert alerts == [], "\n".join(f"{a['name']} for {a['agent']} at {a['raised_at']:%H:%M:%S.%f}:\n"
+                                    f"{explain(by_fqdn[a['agent']], fleet.servers, steady)}" for a in alerts)
     assert sum(watched) == count, watched
 
 
