@@ -159,6 +159,10 @@ class CertificateRenewer:
         if key is None:
             log.warning("a Renewal arrived that this agent did not request on this stream: ignored")
             return False
+        if renewal.refused_reason:
+            self._pending = None  # asked again at the next check, with a new key
+            log.error("certificate renewal refused by the server (%s): %s", renewal.refused_reason, renewal.message)
+            return False
 
         def check_and_write() -> None:
             certificates, trust = self._store.check_renewal(identity, key, renewal.certificate_pem,

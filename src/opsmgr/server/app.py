@@ -21,11 +21,13 @@ from opsmgr.server.channel import AgentChannel
 from opsmgr.server.cluster import ClusterLink, member_name
 from opsmgr.server.config import ServerConfig
 from opsmgr.server.directory import AgentDirectory, FileAgentDirectory
+from opsmgr.server.enrollment_cluster import EnrollmentCluster
 from opsmgr.server.enrollment_endpoint import EnrollmentEndpoint
 from opsmgr.server.ingest import DatabaseLink, IngestPipeline
 from opsmgr.server.kube_watch import KubeAgentDirectory
 from opsmgr.server.metrics import HealthEndpoint, ServerMetrics
 from opsmgr.server.presence import PresenceLedger
+from opsmgr.server.renewal import CertificateRenewal
 from opsmgr.server.session import SessionSettings
 from opsmgr.server.watcher_service import WatcherService
 
@@ -124,6 +126,11 @@ class ManagementServer:
             self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
                                                                  self.channel.recheck_directory)
             self._tasks += cluster_tasks
+            assert self.config.kubernetes is not None  # a Kubernetes directory comes only with Kubernetes access
+            signer = EnrollmentCluster(self.cluster.kube, namespace=self.config.kubernetes.namespace,
+                                       group=self.config.group, ca_secret=self.config.enrollment.ca_secret,
+                                       server=self.config.name)
+            self.channel.renewal = CertificateRenewal(signer, lambda: self.revocations.current)
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="health-service-watcher")
         for link in self.links.values():
             self._tasks.append(asyncio.create_task(

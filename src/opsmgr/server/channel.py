@@ -26,6 +26,7 @@ from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger
+from opsmgr.server.renewal import CertificateRenewal
 from opsmgr.server.session import AgentSession, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class AgentChannel:
         self.by_serial: dict[int, set[AgentSession]] = defaultdict(set)
         self.by_agent: dict[str, AgentSession] = {}
         self.stopping = False
+        self.renewal: CertificateRenewal | None = None  # set once the server has Kubernetes access (the CA)
         revocations.on_revoked(self.close_revoked)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -79,7 +81,8 @@ class AgentChannel:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
         session = AgentSession(context, identity, certificate.serial_number, settings=self.settings,
                                pipelines=self.pipelines, metrics=self.metrics, presence=self.presence,
-                               directory=self.directory, peer=peer)
+                               directory=self.directory, peer=peer, certificate=certificate,
+                               renewal=lambda: self.renewal)
         self.by_serial[session.serial].add(session)
         try:
             closing = await session.run(self._bound)

@@ -19,11 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import DecodeError
 from grpc import aio
 
 from opsmgr.db.model import Batch, Database, InvalidBatch
 from opsmgr.db.writer import CommitOutcome, CommitResult
+from opsmgr.kubeio.kube import KubeError
+from opsmgr.pki.errors import CertificateError
 from opsmgr.pki.names import Identity
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES
@@ -34,6 +37,7 @@ from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger, QueueReport
+from opsmgr.server.renewal import CertificateRenewal, RenewalRefusal, RenewalRefused
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ class Closing:
 class AgentSession:
     def __init__(self, context: aio.ServicerContext[bytes, bytes], identity: Identity, serial: int, *,
                  settings: SessionSettings, pipelines: Mapping[Database, IngestPipeline], metrics: ServerMetrics,
-                 presence: PresenceLedger, directory: AgentDirectory, peer: str) -> None:
+                 presence: PresenceLedger, directory: AgentDirectory, peer: str,
+                 certificate: x509.Certificate | None = None,
+                 renewal: Callable[[], CertificateRenewal | None] = lambda: None) -> None:
         self.context = context
         self.identity = identity
         self.serial = serial
@@ -82,6 +88,9 @@ class AgentSession:
         self._closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
         self._write: asyncio.Future[None] | None = None  # the write in flight, if any
         self._on_bound: Callable[[AgentSession], None] = lambda _session: None
+        self.certificate = certificate  # the TLS-verified peer certificate, which a renewal replaces
+        self.renewal = renewal
+        self._renewing: asyncio.Task[None] | None = None
 
     def fields(self, **more: object) -> dict[str, Any]:
         return {"peer": self.peer, "identity": self.identity.name, "role": self.identity.role.value,
@@ -253,9 +262,48 @@ class AgentSession:
             elif body == "hello":
                 return Closing(grpc.StatusCode.FAILED_PRECONDITION,
                                Refusal("RepeatedHello", "Hello is sent once, first; open a new stream to start over"))
+            elif body == "renewal_request":
+                await self._on_renewal_request(message.renewal_request)
             else:
-                # Task results and renewals are served by later parts of the server; say so rather than drop silently.
+                # Task results are served by a later part of the server; say so rather than drop silently.
                 log.info("message not served yet", extra={"fields": self.fields(body=body)})
+
+    async def _on_renewal_request(self, request: pb.RenewalRequest) -> None:
+        """Signed beside the stream, never in its way: heartbeats and batches go on while the CA is read."""
+        if self._renewing is not None and not self._renewing.done():
+            await self._answer_renewal(RenewalRefusal(
+                "RenewalInProgress", "a renewal asked on this stream is not answered yet; wait for its answer"))
+            return
+        self._renewing = asyncio.create_task(self._renew(request.csr_pem), name=f"renew-{self.session_id}")
+        self._ack_tasks.add(self._renewing)
+        self._renewing.add_done_callback(self._ack_tasks.discard)
+
+    async def _renew(self, csr: bytes) -> None:
+        assert self.agent is not None
+        renewal = self.renewal()  # read now: the server gains its Kubernetes access after it starts listening
+        if renewal is None or self.certificate is None:
+            refusal = RenewalRefusal("RenewalUnavailable", "this management server has no Kubernetes access, so no "
+                                                           "CA to sign with. Fix: enroll the agent again when due")
+            log.warning("certificate renewal refused", extra={"fields": self.fields(reason=refusal.reason)})
+            await self._answer_renewal(refusal)
+            return
+        try:
+            answer = await renewal.renew(self.certificate, self.identity, self.agent, csr)
+        except RenewalRefused as refused:
+            await self._answer_renewal(refused.refusal)
+            return
+        except (KubeError, CertificateError, OSError) as exc:
+            # The CA Secret or the API server was unreachable: the agent asks again at its next check.
+            log.warning("certificate renewal failed", extra={"fields": self.fields(error=str(exc))})
+            await self._answer_renewal(RenewalRefusal("RenewalFailed", f"the server could not sign now ({exc}); the "
+                                                                  "agent asks again later"))
+            return
+        await self._outbox.put(pb.ServerMessage(renewal=answer))
+
+    async def _answer_renewal(self, refusal: RenewalRefusal) -> None:
+        self.metrics.refusals.labels(refusal.reason).inc()
+        await self._outbox.put(pb.ServerMessage(renewal=pb.Renewal(refused_reason=refusal.reason,
+                                                                    message=refusal.message)))
 
     async def _on_batch(self, wire: pb.DataBatch) -> None:
         assert self.agent is not None

@@ -5,6 +5,7 @@ Goodbye on SIGTERM, and the refusal to run beside a management server."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -172,3 +173,27 @@ def test_agent_refuses_to_run_beside_a_management_server(make_server: Callable[.
     assert agent.process.wait(timeout=30) == 3
     assert "refuses to start" in agent.log() and "management server" in agent.log()
     assert not agent.queue_path.exists(), "nothing is created on a host the agent refuses"
+
+
+def test_a_renewal_the_server_cannot_sign_is_refused_saying_why_and_the_stream_goes_on(
+        make_server: Callable[..., ServerProcess], make_agent: Callable[..., AgentProcess]) -> None:
+    server = make_server()  # no Kubernetes access: no CA to sign with
+    server.start()
+    agent = make_agent(server, certificates={"renew_before_days": 3650})  # due at once
+    agent.start()
+    agent.wait_for_log("certificate renewal refused by the server (RenewalUnavailable)")
+    # The stream that asked goes on: three more heartbeats arrive on it, and the agent never reconnected.
+    beats = _heartbeats(server)
+    deadline = time.monotonic() + 30
+    while _heartbeats(server) < beats + 3:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    assert agent.log().count("connected to") == 1, agent.log()[-3000:]
+    assert "lost the stream" not in agent.log()
+    refused = [line for line in server.log_lines() if line["msg"] == "certificate renewal refused"]
+    assert refused and refused[0]["reason"] == "RenewalUnavailable", server.log_tail()
+
+
+def _heartbeats(server: ServerProcess) -> int:
+    found = re.search(r"^opsmgr_heartbeat_delay_seconds_count (\S+)$", server.metrics(), re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
