@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 
@@ -200,6 +200,8 @@ class Batch:
     seq: int
     lane: Lane
     items: tuple[Item, ...]
+    # The rows its items become, worked out once by opsmgr.db.routing and shared by both databases' writers.
+    _series: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.agent:

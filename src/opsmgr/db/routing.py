@@ -7,7 +7,7 @@ later sync); events, performance and state go to both.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -48,6 +48,9 @@ TABLE_COLUMNS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+TABLE_KINDS: Mapping[str, ItemKind] = {table: kind for kind, table in PARTITIONED_TABLES.items()}
+
+
 def databases_for(batch: Batch) -> frozenset[Database]:
     """The databases that must acknowledge `batch` before the agent may drop it.
 
@@ -85,51 +88,115 @@ class WritePlan:
         return sum(self.dropped.values())
 
 
-def plan_write(batch: Batch, database: Database, retention: Retention, now: datetime) -> WritePlan:
-    rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in PARTITIONED_TABLES.values()}
-    spans: dict[str, tuple[datetime, datetime]] = {}
+@dataclass(frozen=True, slots=True)
+class Series:
+    """What a batch's items become whatever the database: rows per time-series table (each row's second column is
+    its timestamp), each table's oldest and newest timestamp, and the alerts and discovery to upsert."""
+
+    rows: Mapping[str, list[tuple[Any, ...]]]
+    spans: Mapping[str, tuple[datetime, datetime]]
+    alerts: tuple[Alert, ...]
+    discovery: tuple[DiscoveryItem, ...]
+
+
+def series_of(batch: Batch) -> Series:
+    """The batch's rows, built on first use and kept on the batch: the operational and the warehouse writer of a
+    bulk batch share them, so each item is turned into a row once, not once per database."""
+    series: Series | None = batch._series
+    if series is None:
+        series = _series(batch)
+        object.__setattr__(batch, "_series", series)  # a memo on frozen data; both writers run on one thread
+    return series
+
+
+def _series(batch: Batch) -> Series:
+    rows: dict[str, list[tuple[Any, ...]]] = {}
     alerts: list[Alert] = []
     discovery: list[DiscoveryItem] = []
-    written: Counter[ItemKind] = Counter()
-    dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
-    window = acceptance_window(now, retention.raw_days(database), retention.partitions_ahead_days)
+    agent, epoch, seq = batch.agent, batch.epoch, batch.seq
     for item_no, item in enumerate(batch.items):
-        if database not in ROUTES[item.kind]:
-            continue
-        if isinstance(item, Alert):
+        build = _ROW_BUILDERS.get(type(item))
+        if build is not None:
+            table = PARTITIONED_TABLES[item.kind]
+            found = rows.get(table)
+            if found is None:
+                found = rows[table] = []
+            found.append(build(agent, item, epoch, seq, item_no))
+        elif isinstance(item, Alert):
             alerts.append(item)
         elif isinstance(item, DiscoveryItem):
             discovery.append(item)
-        else:
-            moment = item.timestamp
-            reason = window.drop_reason(moment)
-            if reason is not None:
-                dropped[item.kind, reason] += 1
+    spans = {table: (min(row[1] for row in found), max(row[1] for row in found)) for table, found in rows.items()}
+    return Series(rows, spans, tuple(alerts), tuple(discovery))
+
+
+def plan_write(batch: Batch, database: Database, retention: Retention, now: datetime) -> WritePlan:
+    """The batch in one database: its routed rows inside the database's acceptance window, the rest counted."""
+    series = series_of(batch)
+    window = acceptance_window(now, retention.raw_days(database), retention.partitions_ahead_days)
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    written: dict[ItemKind, int] = {}
+    dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
+    partitions: set[PartitionKey] = set()
+    for table, table_rows in series.rows.items():
+        kind = TABLE_KINDS[table]
+        if database not in ROUTES[kind]:
+            continue
+        first, last = series.spans[table]
+        found = table_rows
+        if first < window.cutoff or last >= window.horizon:
+            # Some rows are outside the window (rare: late or clock-ahead data): sort them out one by one.
+            kept = []
+            for row in table_rows:
+                reason = window.drop_reason(row[1])
+                if reason is None:
+                    kept.append(row)
+                else:
+                    dropped[kind, reason] += 1
+            found = kept
+            if not found:
                 continue
-            table = PARTITIONED_TABLES[item.kind]
-            rows[table].append(row_of(batch, item_no, item))
-            first, last = spans.get(table, (moment, moment))
-            spans[table] = (min(first, moment), max(last, moment))
-        written[item.kind] += 1
-    # Every day between a table's oldest and newest row: a superset is harmless, and far cheaper per item.
-    partitions = frozenset((table, day) for table, (first, last) in spans.items() for day in days_spanned(first, last))
-    return WritePlan(database, {table: r for table, r in rows.items() if r}, alert_runs(alerts), tuple(discovery),
-                     partitions, dict(written), dict(dropped))
+            first, last = min(row[1] for row in found), max(row[1] for row in found)
+        rows[table] = found  # shared with the other database's plan: COPY only reads it
+        written[kind] = len(found)
+        # Every day between the table's oldest and newest row: a superset is harmless, and far cheaper per item.
+        partitions.update((table, day) for day in days_spanned(first, last))
+    alerts: tuple[tuple[AlertChange, tuple[Alert, ...]], ...] = ()
+    discovery: tuple[DiscoveryItem, ...] = ()
+    if database in ROUTES[ItemKind.ALERT] and series.alerts:
+        alerts = alert_runs(series.alerts)
+        written[ItemKind.ALERT] = len(series.alerts)
+    if database in ROUTES[ItemKind.DISCOVERY] and series.discovery:
+        discovery = series.discovery
+        written[ItemKind.DISCOVERY] = len(series.discovery)
+    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped))
+
+
+def _event_row(agent: str, item: Event, epoch: object, seq: int, item_no: int) -> tuple[Any, ...]:
+    return (agent, item.logged_at, item.object_key, item.channel, item.source, item.number, int(item.level),
+            item.description, epoch, seq, item_no)
+
+
+def _performance_row(agent: str, item: PerformanceSample, epoch: object, seq: int, item_no: int) -> tuple[Any, ...]:
+    return (agent, item.sampled_at, item.object_key, item.object_name, item.counter_name, item.instance_name,
+            item.value, epoch, seq, item_no)
+
+
+def _state_row(agent: str, item: StateChange, epoch: object, seq: int, item_no: int) -> tuple[Any, ...]:
+    return (agent, item.changed_at, item.object_key, item.monitor, int(item.old_state), int(item.new_state), epoch,
+            seq, item_no)
+
+
+_ROW_BUILDERS: dict[type, Callable[..., tuple[Any, ...]]] = {
+    Event: _event_row, PerformanceSample: _performance_row, StateChange: _state_row}
 
 
 def row_of(batch: Batch, item_no: int, item: Item) -> tuple[Any, ...]:
     """The row of a time-series item, in TABLE_COLUMNS order."""
-    trace = (batch.epoch, batch.seq, item_no)
-    if isinstance(item, Event):
-        return (batch.agent, item.logged_at, item.object_key, item.channel, item.source, item.number,
-                int(item.level), item.description, *trace)
-    if isinstance(item, PerformanceSample):
-        return (batch.agent, item.sampled_at, item.object_key, item.object_name, item.counter_name,
-                item.instance_name, item.value, *trace)
-    if isinstance(item, StateChange):
-        return (batch.agent, item.changed_at, item.object_key, item.monitor, int(item.old_state),
-                int(item.new_state), *trace)
-    raise TypeError(f"{item.kind} items are upserted, not copied into a time-series table")
+    build = _ROW_BUILDERS.get(type(item))
+    if build is None:
+        raise TypeError(f"{item.kind} items are upserted, not copied into a time-series table")
+    return build(batch.agent, item, batch.epoch, batch.seq, item_no)
 
 
 def alert_runs(alerts: Sequence[Alert]) -> tuple[tuple[AlertChange, tuple[Alert, ...]], ...]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from opsmgr.db.aggregation import (
     AggregateKind,
@@ -83,6 +85,24 @@ def test_late_items_mark_their_hours_and_a_sample_the_next_hour_it_carries_into(
     assert late_hour_marks(rows) == [("performance", "web01", HOUR),
                                      ("performance", "web01", HOUR + timedelta(hours=1)),
                                      ("state", "web02", HOUR)]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["web01", "web02"]), st.sampled_from(["performance_samples",
+                                                                                 "state_changes"]),
+                          st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1),
+                                       timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                                                  timezone(timedelta(hours=-7))]))),
+                max_size=40))
+def test_late_hour_marks_are_the_hours_each_row_touches_whatever_the_rows_time_zone(
+        rows: list[tuple[str, str, datetime]]) -> None:
+    # late_hour_marks counts whole hours for speed; it must agree with hours_touched row by row.
+    by_table: dict[str, list[tuple[str, datetime]]] = {}
+    expected = set()
+    for agent, table, moment in rows:
+        by_table.setdefault(table, []).append((agent, moment))
+        kind = AggregateKind.PERFORMANCE if table == "performance_samples" else AggregateKind.STATE
+        expected |= {(kind.value, agent, hour) for hour in hours_touched(kind, moment)}
+    assert late_hour_marks(by_table) == sorted(expected)
 
 
 def test_contiguous_ranges_merge_adjacent_hours() -> None:
