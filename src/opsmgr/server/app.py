@@ -122,7 +122,7 @@ class ManagementServer:
             self._tasks.append(asyncio.create_task(self.file_directory.watch(), name="directory-watch"))
         if self.kube_directory is not None:
             self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
-                                                                 self.channel.recheck_directory)
+                                                                 self.channel.recheck_directory, self.channel)
             self._tasks += cluster_tasks
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="health-service-watcher")
         for link in self.links.values():

@@ -34,6 +34,7 @@ from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger, QueueReport
+from opsmgr.server.task_rules import SentTask, accept_result
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ HELLO_TIMEOUT_SECONDS = 30.0
 GOODBYE_FLUSH_SECONDS = 30.0
 WRITE_DRAIN_SECONDS = 5.0
 HEAR_OUT_IDLE_SECONDS, HEAR_OUT_MESSAGES = 0.05, 16  # a refused peer cannot hold the refusal back long
+TaskResultListener = Callable[["AgentSession", SentTask, pb.TaskResult], None]
 _OUTCOMES = {CommitOutcome.COMMITTED: pb.Ack.OUTCOME_COMMITTED,
              CommitOutcome.ALREADY_COMMITTED: pb.Ack.OUTCOME_ALREADY_COMMITTED}
 
@@ -82,6 +84,9 @@ class AgentSession:
         self._closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
         self._write: asyncio.Future[None] | None = None  # the write in flight, if any
         self._on_bound: Callable[[AgentSession], None] = lambda _session: None
+        # Runs sent on this stream, by task id: the only results this stream may report (see task_rules).
+        self.tasks_sent: dict[str, SentTask] = {}
+        self.on_task_result: TaskResultListener | None = None
 
     def fields(self, **more: object) -> dict[str, Any]:
         return {"peer": self.peer, "identity": self.identity.name, "role": self.identity.role.value,
@@ -250,12 +255,29 @@ class AgentSession:
                 self.presence.goodbye(self.agent, self.session_id, datetime.now(UTC), message.goodbye.reason)
                 log.info("agent said goodbye", extra={"fields": self.fields(reason=message.goodbye.reason)})
                 return None
+            elif body == "task_result":
+                self._on_task_result(message.task_result)
             elif body == "hello":
                 return Closing(grpc.StatusCode.FAILED_PRECONDITION,
                                Refusal("RepeatedHello", "Hello is sent once, first; open a new stream to start over"))
             else:
                 # Task results and renewals are served by later parts of the server; say so rather than drop silently.
                 log.info("message not served yet", extra={"fields": self.fields(body=body)})
+
+    async def send_task(self, sent: SentTask, request: pb.TaskRequest) -> None:
+        """Send a run to the agent; its result is accepted from this stream only."""
+        self.tasks_sent[sent.task_id] = sent
+        await self._outbox.put(pb.ServerMessage(task_request=request))
+
+    def _on_task_result(self, result: pb.TaskResult) -> None:
+        accepted = accept_result(result.task_id, self.tasks_sent)
+        if isinstance(accepted, Refusal):
+            # An agent must not write the status of a run it was not sent (another agent's): refused, stream goes on.
+            self.refuse(accepted, what="task result")
+            return
+        del self.tasks_sent[result.task_id]  # reported once
+        if self.on_task_result is not None:
+            self.on_task_result(self, accepted, result)
 
     async def _on_batch(self, wire: pb.DataBatch) -> None:
         assert self.agent is not None
