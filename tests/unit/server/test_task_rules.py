@@ -50,7 +50,7 @@ def sent() -> SentTask:
     return SentTask(task_id("ops", "restart-web", "u-1"), "ops", "restart-web", "u-1", "web01.contoso.test")
 
 
-def result(status: int, **fields: Any) -> pb.TaskResult:
+def result(status: pb.TaskResult.Status, **fields: Any) -> pb.TaskResult:
     started = fields.pop("started", NOW - timedelta(seconds=3))
     finished = fields.pop("finished", NOW - timedelta(seconds=1))
     return pb.TaskResult(task_id=sent().task_id, status=status, started_at=started, finished_at=finished, **fields)
