@@ -107,6 +107,8 @@ class TaskDispatcher:
 
     def _due_for(self, agent_name: str) -> None:
         for body in list(self.informer.cache.values()):
+            if (body.get("spec") or {}).get("agent") != agent_name:
+                continue  # cheap before parsing: a reconnect storm looks at every cached run
             run = pending_run(body)
             if run is not None and run.agent == agent_name:
                 self._due_name(run.name)

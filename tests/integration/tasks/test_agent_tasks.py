@@ -1,4 +1,4 @@
-"""AgentTasks end to end: the session's real API server, real PostgreSQL, a real `opsmgr server` process with
+"""AgentTasks end to end: the session's real API server, real PostgreSQL, two real `opsmgr server` processes with
 Kubernetes access (the servers' own Role), and a real agent process (data path + collection, with its real task
 runner and allow-list). What is checked is what `kubectl get agenttask -o yaml` and `kubectl describe` show.
 
@@ -95,7 +95,8 @@ async def test_agent_tasks_round_trip_refuse_outside_the_allow_list_and_run_inje
     await create_agents(kube, namespace, [AGENT])
     await kube.create({"apiVersion": "opsmgr.io/v1alpha1", "kind": "ManagementPack",
                        "metadata": {"name": PACK, "namespace": namespace}, "spec": spec})
-    (server,) = fleet.start(1)
+    # Two servers of the group; the agent's stream is on the first only, so only it may deliver.
+    server, other = fleet.start(2)
     # Created while the agent is offline: it waits, Pending, and is delivered when the agent connects.
     await kube.create(agent_task(namespace, "greet", "say", who="world"))
 
@@ -128,9 +129,10 @@ async def test_agent_tasks_round_trip_refuse_outside_the_allow_list_and_run_inje
     assert (inject["status"]["phase"], inject["status"]["output"]) == ("Succeeded", f"hello {hostile}\n")
     assert not await asyncio.to_thread(file_exists, marker)
 
-    # Each run went to the agent once, through this one server.
-    sent = [record for record in server.log_lines() if record.get("msg") == "task sent"]
-    assert len(sent) == 3, sent
+    # Each run went to the agent once, through the server holding its stream.
+    sent = [(s.config["kubernetes"]["member"], r) for s in (server, other) for r in s.log_lines()
+            if r.get("msg") == "task sent"]
+    assert [member for member, _ in sent] == [server.config["kubernetes"]["member"]] * 3, sent
 
 
 async def test_an_agent_cannot_report_a_run_it_was_not_sent(fleet: Fleet, kube: Kube, namespace: str,
