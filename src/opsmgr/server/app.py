@@ -124,7 +124,7 @@ class ManagementServer:
             self._tasks.append(asyncio.create_task(self.file_directory.watch(), name="directory-watch"))
         if self.kube_directory is not None:
             self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
-                                                                 self.channel.recheck_directory)
+                                                                 self.channel.recheck_directory, self.channel)
             self._tasks += cluster_tasks
             assert self.config.kubernetes is not None  # a Kubernetes directory comes only with Kubernetes access
             signer = EnrollmentCluster(self.cluster.kube, namespace=self.config.kubernetes.namespace,

@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 import grpc
 from grpc import aio
@@ -21,6 +22,7 @@ from opsmgr.db.model import Database
 from opsmgr.pki.errors import CertificateError
 from opsmgr.pki.revocation_watch import RevocationWatch
 from opsmgr.pki.verify import authorize_peer, peer_certificate
+from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.server.admission import Refusal, admit_speaker, admit_stream, claimed_role
 from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import IngestPipeline
@@ -28,12 +30,22 @@ from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger
 from opsmgr.server.renewal import CertificateRenewal
 from opsmgr.server.session import AgentSession, SessionSettings
+from opsmgr.server.task_rules import SentTask
 
 log = logging.getLogger(__name__)
 
 SERVICE = "opsmgr.agentchannel.v1.AgentChannel"
 REFUSAL_READ_SECONDS = 2.0  # a peer that sends nothing is refused after this; ours send Hello at once
 SERVER_STOPPING = Refusal("ServerStopping", "the management server is stopping; connect to another one")
+
+
+class TaskListener(Protocol):
+    """What delivers AgentTasks (`tasks.TaskDispatcher`, with Kubernetes access): told of each bound stream and of
+    each result a stream accepted."""
+
+    def agent_connected(self, session: AgentSession) -> None: ...
+
+    def task_reported(self, session: AgentSession, sent: SentTask, result: pb.TaskResult) -> None: ...
 
 
 class AgentChannel:
@@ -51,6 +63,7 @@ class AgentChannel:
         self.by_agent: dict[str, AgentSession] = {}
         self.stopping = False
         self.renewal: CertificateRenewal | None = None  # set once the server has Kubernetes access (the CA)
+        self.tasks: TaskListener | None = None  # set once the AgentTask watch runs
         revocations.on_revoked(self.close_revoked)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -83,6 +96,8 @@ class AgentChannel:
                                pipelines=self.pipelines, metrics=self.metrics, presence=self.presence,
                                directory=self.directory, peer=peer, certificate=certificate,
                                renewal=lambda: self.renewal)
+        if self.tasks is not None:
+            session.on_task_result = self.tasks.task_reported
         self.by_serial[session.serial].add(session)
         try:
             closing = await session.run(self._bound)
@@ -102,6 +117,10 @@ class AgentChannel:
         self.by_agent[session.agent] = session
         if older is not None and older is not session:
             older.close(grpc.StatusCode.ABORTED, Refusal("Replaced", "a newer stream of this agent replaced this one"))
+        if self.tasks is not None:
+            # Its pending runs waited for this stream. Each is sent after the pack is read, so after the Welcome that
+            # the session queues right after this call.
+            self.tasks.agent_connected(session)
 
     def _forget(self, session: AgentSession) -> None:
         sessions = self.by_serial.get(session.serial)

@@ -1,5 +1,6 @@
 """What a management server runs when it has Kubernetes access (`kubernetes` in its config): the Agent watch that
-backs its directory and watcher, its Lease in the fleet, and the Agent status writer. One ApiClient for all.
+backs its directory and watcher, its Lease in the fleet, the Agent status writer, and the AgentTask delivery. One
+ApiClient for all.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from opsmgr.api.agent import Agent
 from opsmgr.kubeio.client import open_api_client
 from opsmgr.kubeio.kube import Kube
 from opsmgr.server.agent_status import AgentStatusWriter
+from opsmgr.server.channel import AgentChannel
 from opsmgr.server.config import KubernetesConfig, ServerConfig
 from opsmgr.server.fleet import LeaseMembership
 from opsmgr.server.kube_watch import AgentCatalog, KubeAgentDirectory
+from opsmgr.server.tasks import TaskDispatcher
 from opsmgr.server.watcher_service import WatcherService
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ def member_name(config: ServerConfig) -> str:
 
 class ClusterLink:
     def __init__(self, api: kube_client.ApiClient, settings: KubernetesConfig, config: ServerConfig,
-                 watcher: WatcherService) -> None:
+                 watcher: WatcherService, channel: AgentChannel) -> None:
         self.api = api
         self.kube = Kube(api, field_manager=FIELD_MANAGER)
         self.catalog = AgentCatalog(self.kube, namespace=settings.namespace, group=config.group)
@@ -47,15 +50,19 @@ class ClusterLink:
         self.status = AgentStatusWriter(self.kube, settings.namespace, self.catalog.bodies.get,
                                         heartbeat_every=timedelta(seconds=config.watcher.status_heartbeat_seconds))
         watcher.catalog, watcher.kube, watcher.status = self.catalog, self.kube, self.status
+        self.tasks = TaskDispatcher(self.kube, namespace=settings.namespace, server=member_name(config),
+                                    catalog=self.catalog, session_of=channel.by_agent.get)
+        channel.tasks = self.tasks
         watcher.live = lambda: self.membership.live
         watcher.fleet_known = lambda: self.membership.observed.is_set() and self.catalog.synced
 
     @classmethod
     async def open(cls, config: ServerConfig, watcher: WatcherService, directory: KubeAgentDirectory,
-                   on_approval_change: Callable[[], None]) -> tuple[ClusterLink, list[asyncio.Task[None]]]:
+                   on_approval_change: Callable[[], None],
+                   channel: AgentChannel) -> tuple[ClusterLink, list[asyncio.Task[None]]]:
         """Connect, start the watches and the Lease, and wait until the first listing and fleet view are in."""
         assert config.kubernetes is not None
-        link = cls(await open_api_client(config.kubernetes.kubeconfig), config.kubernetes, config, watcher)
+        link = cls(await open_api_client(config.kubernetes.kubeconfig), config.kubernetes, config, watcher, channel)
         directory.catalog = link.catalog
 
         def approval_changed(before: Agent | None, after: Agent | None) -> None:
@@ -65,7 +72,8 @@ class ClusterLink:
         link.catalog.on_change(approval_changed)
         runs: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("agent-watch", link.catalog.informer.run()), ("fleet-lease", link.membership.run()),
-            ("agent-status", link.status.run())]
+            ("agent-status", link.status.run()), ("task-watch", link.tasks.informer.run()),
+            ("task-delivery", link.tasks.run())]
         tasks = [asyncio.create_task(run, name=name) for name, run in runs]
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):
@@ -77,6 +85,7 @@ class ClusterLink:
         return link, tasks
 
     async def close(self) -> None:
+        await self.tasks.close()
         await self.membership.leave()
         with contextlib.suppress(Exception):
             await self.api.close()

@@ -38,6 +38,7 @@ from opsmgr.server.ingest import BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.presence import PresenceLedger, QueueReport
 from opsmgr.server.renewal import CertificateRenewal, RenewalRefusal, RenewalRefused
+from opsmgr.server.task_rules import SentTask, accept_result
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ HELLO_TIMEOUT_SECONDS = 30.0
 GOODBYE_FLUSH_SECONDS = 30.0
 WRITE_DRAIN_SECONDS = 5.0
 HEAR_OUT_IDLE_SECONDS, HEAR_OUT_MESSAGES = 0.05, 16  # a refused peer cannot hold the refusal back long
+TaskResultListener = Callable[["AgentSession", SentTask, pb.TaskResult], None]
 _OUTCOMES = {CommitOutcome.COMMITTED: pb.Ack.OUTCOME_COMMITTED,
              CommitOutcome.ALREADY_COMMITTED: pb.Ack.OUTCOME_ALREADY_COMMITTED}
 
@@ -91,6 +93,9 @@ class AgentSession:
         self.certificate = certificate  # the TLS-verified peer certificate, which a renewal replaces
         self.renewal = renewal
         self._renewing: asyncio.Task[None] | None = None
+        # Runs sent on this stream, by task id: the only results this stream may report (see task_rules).
+        self.tasks_sent: dict[str, SentTask] = {}
+        self.on_task_result: TaskResultListener | None = None
 
     def fields(self, **more: object) -> dict[str, Any]:
         return {"peer": self.peer, "identity": self.identity.name, "role": self.identity.role.value,
@@ -259,14 +264,16 @@ class AgentSession:
                 self.presence.goodbye(self.agent, self.session_id, datetime.now(UTC), message.goodbye.reason)
                 log.info("agent said goodbye", extra={"fields": self.fields(reason=message.goodbye.reason)})
                 return None
+            elif body == "task_result":
+                self._on_task_result(message.task_result)
             elif body == "hello":
                 return Closing(grpc.StatusCode.FAILED_PRECONDITION,
                                Refusal("RepeatedHello", "Hello is sent once, first; open a new stream to start over"))
             elif body == "renewal_request":
                 await self._on_renewal_request(message.renewal_request)
             else:
-                # Task results are served by a later part of the server; say so rather than drop silently.
-                log.info("message not served yet", extra={"fields": self.fields(body=body)})
+                # A body this version does not know (a newer agent's): say so rather than drop it silently.
+                log.info("message not served", extra={"fields": self.fields(body=body)})
 
     async def _on_renewal_request(self, request: pb.RenewalRequest) -> None:
         """Signed beside the stream, never in its way: heartbeats and batches go on while the CA is read."""
@@ -304,6 +311,21 @@ class AgentSession:
         self.metrics.refusals.labels(refusal.reason).inc()
         await self._outbox.put(pb.ServerMessage(renewal=pb.Renewal(refused_reason=refusal.reason,
                                                                     message=refusal.message)))
+
+    async def send_task(self, sent: SentTask, request: pb.TaskRequest) -> None:
+        """Send a run to the agent; its result is accepted from this stream only."""
+        self.tasks_sent[sent.task_id] = sent
+        await self._outbox.put(pb.ServerMessage(task_request=request))
+
+    def _on_task_result(self, result: pb.TaskResult) -> None:
+        accepted = accept_result(result.task_id, self.tasks_sent)
+        if isinstance(accepted, Refusal):
+            # An agent must not write the status of a run it was not sent (another agent's): refused, stream goes on.
+            self.refuse(accepted, what="task result")
+            return
+        del self.tasks_sent[result.task_id]  # reported once
+        if self.on_task_result is not None:
+            self.on_task_result(self, accepted, result)
 
     async def _on_batch(self, wire: pb.DataBatch) -> None:
         assert self.agent is not None
