@@ -62,7 +62,9 @@ class TaskDispatcher:
         self.reported = 0
         self._due: dict[str, None] = {}  # names to look at, in order
         self._wake = asyncio.Event()
-        self._told: set[tuple[str, str]] = set()  # (uid, reason) already logged: a pending run is looked at often
+        # Reasons already logged per run uid (a pending run is looked at often); forgotten once it is no longer
+        # pending, so the memory is bounded by the pending runs.
+        self._told: dict[str, set[str]] = {}
         self._writes: set[asyncio.Task[None]] = set()
         catalog.on_change(self._agent_changed)
 
@@ -99,6 +101,8 @@ class TaskDispatcher:
     def _event(self, kind: str, body: dict[str, Any]) -> None:
         if kind != "DELETED" and pending_run(body) is not None:
             self._due_name(str(body["metadata"]["name"]))
+        else:
+            self._told.pop(str((body.get("metadata") or {}).get("uid") or ""), None)
 
     def _agent_changed(self, before: Agent | None, after: Agent | None) -> None:
         # An Agent that appears (or changes FQDN) after its stream opened still gets its runs.
@@ -118,8 +122,9 @@ class TaskDispatcher:
         self._wake.set()
 
     def _tell_once(self, run: PendingRun, reason: str) -> None:
-        if (run.uid, reason) not in self._told:
-            self._told.add((run.uid, reason))
+        told = self._told.setdefault(run.uid, set())
+        if reason not in told:
+            told.add(reason)
             log.info("task not delivered", extra={"fields": {"agenttask": f"{run.namespace}/{run.name}",
                                                               "agent": run.agent, "reason": reason}})
 
