@@ -16,8 +16,9 @@ Design (every agent watched by exactly one live server, and no false alarm when 
   status.lastHeartbeatTime, else its creation) and the watcher alerts already open in the DB, so a hand-over
   neither raises twice nor forgets to resolve. Alerts are opened with ON CONFLICT DO NOTHING on the one-active-
   alert-per-key index, so two servers deciding at once still make one alert.
-- A rolling restart raises nothing: the stopping server flushes its disconnects and deletes its Lease; its agents
-  reconnect elsewhere within seconds, and whoever watches them meanwhile sees the heartbeats recorded before.
+- A rolling restart raises nothing: the stopping server ends its streams at once (UNAVAILABLE, "stopping"), flushes
+  their closes as the agents' last heartbeats and deletes its Lease; its agents reconnect elsewhere within
+  seconds, and whoever watches them meanwhile counts them alive from those closes.
 
 Probes: a Host agent's configured TCP port; a Node or Sidecar agent's Pod phase through the API. A Pod being
 deleted (deletionTimestamp) or gone is a planned removal: its Heartbeat Failure, held back until the probe
