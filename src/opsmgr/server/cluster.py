@@ -57,6 +57,7 @@ class ClusterLink:
         self.packs = PackDelivery(self.kube, namespace=settings.namespace, group=config.group, catalog=self.catalog,
                                   sessions=lambda: list(channel.by_agent.values()))
         channel.packs_of = self.packs.config_of
+        self.packs.on_first_packs = self.tasks.agent_connected
         watcher.live = lambda: self.membership.live
         watcher.fleet_known = lambda: self.membership.observed.is_set() and self.catalog.synced
 

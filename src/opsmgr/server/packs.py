@@ -46,6 +46,8 @@ class PackDelivery:
         self._everyone = False
         self._wake = asyncio.Event()
         self._sending: dict[AgentSession, asyncio.Task[None]] = {}
+        # Told when a stream welcomed without packs got its first ones (AgentTasks for it wait for that).
+        self.on_first_packs: Callable[[AgentSession], None] = lambda _session: None
         catalog.on_change(self._agent_changed)
 
     def config_of(self, agent: str) -> PackConfig | None:
@@ -94,11 +96,14 @@ class PackDelivery:
         self._sending[session] = sending
 
     async def _send(self, session: AgentSession, config: PackConfig) -> None:
+        first = not session.config_version
         try:
             await session.send_config(config)
             self.updates_sent += 1
             log.info("management packs sent", extra={"fields": session.fields(
                 config_version=config.version, packs=list(config.packs))})
+            if first:
+                self.on_first_packs(session)
         finally:
             del self._sending[session]
             if session.agent is not None:

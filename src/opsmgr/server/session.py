@@ -235,7 +235,8 @@ class AgentSession:
             config=self._agent_config(self.packs_of(agent)),
             limits=pb.Limits(max_message_bytes=MAX_MESSAGE_BYTES, max_batch_items=MAX_BATCH_ITEMS))))
         log.info("agent connected", extra={"fields": self.fields(version=version, epoch=hello.epoch,
-                                                                 agent_version=hello.agent_version)})
+                                                                 agent_version=hello.agent_version,
+                                                                 config_version=self.config_version)})
         return None
 
     def _agent_config(self, packs: PackConfig | None) -> pb.AgentConfig:
