@@ -85,6 +85,7 @@ class ClusterLink:
             async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):
                 await link.catalog.informer.synced.wait()
                 await link.membership.observed.wait()
+                await link.packs.informer.synced.wait()  # streams opened from now on get their packs in Welcome
         except TimeoutError:
             log.warning("Kubernetes watches not synced yet; the watcher waits for them", extra={"fields": {
                 "namespace": config.kubernetes.namespace, "timeout_seconds": SYNC_TIMEOUT_SECONDS}})
