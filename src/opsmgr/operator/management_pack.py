@@ -15,10 +15,10 @@ import kopf
 from opsmgr.api import ManagementPack
 from opsmgr.api.common import GROUP, VERSION
 from opsmgr.api.conditions import ConditionStatus, set_condition, summarize_ready
+from opsmgr.api.pack_validation import pack_problems
 from opsmgr.operator.context import context_of
 from opsmgr.operator.indexes import AgentEntry, entries
 from opsmgr.operator.kube import Kube, KubeError
-from opsmgr.operator.pack_validation import pack_problems
 from opsmgr.operator.readiness import Verdict
 from opsmgr.operator.status_writer import announce, fold, status_patch, transitions, write_status
 

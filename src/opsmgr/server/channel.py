@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -27,6 +27,7 @@ from opsmgr.server.admission import Refusal, admit_speaker, admit_stream, claime
 from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
+from opsmgr.server.pack_rules import PackConfig
 from opsmgr.server.presence import PresenceLedger
 from opsmgr.server.renewal import CertificateRenewal
 from opsmgr.server.session import AgentSession, SessionSettings
@@ -64,6 +65,7 @@ class AgentChannel:
         self.stopping = False
         self.renewal: CertificateRenewal | None = None  # set once the server has Kubernetes access (the CA)
         self.tasks: TaskListener | None = None  # set once the AgentTask watch runs
+        self.packs_of: Callable[[str], PackConfig | None] | None = None  # set once the ManagementPack watch runs
         revocations.on_revoked(self.close_revoked)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -98,6 +100,8 @@ class AgentChannel:
                                renewal=lambda: self.renewal)
         if self.tasks is not None:
             session.on_task_result = self.tasks.task_reported
+        if self.packs_of is not None:
+            session.packs_of = self.packs_of
         self.by_serial[session.serial].add(session)
         try:
             closing = await session.run(self._bound)

@@ -1,6 +1,6 @@
 """What a management server runs when it has Kubernetes access (`kubernetes` in its config): the Agent watch that
-backs its directory and watcher, its Lease in the fleet, the Agent status writer, and the AgentTask delivery. One
-ApiClient for all.
+backs its directory and watcher, its Lease in the fleet, the Agent status writer, the AgentTask delivery and the
+ManagementPack push. One ApiClient for all.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from opsmgr.server.channel import AgentChannel
 from opsmgr.server.config import KubernetesConfig, ServerConfig
 from opsmgr.server.fleet import LeaseMembership
 from opsmgr.server.kube_watch import AgentCatalog, KubeAgentDirectory
+from opsmgr.server.packs import PackDelivery
 from opsmgr.server.tasks import TaskDispatcher
 from opsmgr.server.watcher_service import WatcherService
 
@@ -53,6 +54,10 @@ class ClusterLink:
         self.tasks = TaskDispatcher(self.kube, namespace=settings.namespace, server=member_name(config),
                                     catalog=self.catalog, session_of=channel.by_agent.get)
         channel.tasks = self.tasks
+        self.packs = PackDelivery(self.kube, namespace=settings.namespace, group=config.group, catalog=self.catalog,
+                                  sessions=lambda: list(channel.by_agent.values()))
+        channel.packs_of = self.packs.config_of
+        self.packs.on_first_packs = self.tasks.agent_connected
         watcher.live = lambda: self.membership.live
         watcher.fleet_known = lambda: self.membership.observed.is_set() and self.catalog.synced
 
@@ -73,12 +78,14 @@ class ClusterLink:
         runs: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("agent-watch", link.catalog.informer.run()), ("fleet-lease", link.membership.run()),
             ("agent-status", link.status.run()), ("task-watch", link.tasks.informer.run()),
-            ("task-delivery", link.tasks.run())]
+            ("task-delivery", link.tasks.run()), ("pack-watch", link.packs.informer.run()),
+            ("pack-delivery", link.packs.run())]
         tasks = [asyncio.create_task(run, name=name) for name, run in runs]
         try:
             async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):
                 await link.catalog.informer.synced.wait()
                 await link.membership.observed.wait()
+                await link.packs.informer.synced.wait()  # streams opened from now on get their packs in Welcome
         except TimeoutError:
             log.warning("Kubernetes watches not synced yet; the watcher waits for them", extra={"fields": {
                 "namespace": config.kubernetes.namespace, "timeout_seconds": SYNC_TIMEOUT_SECONDS}})
@@ -86,6 +93,7 @@ class ClusterLink:
 
     async def close(self) -> None:
         await self.tasks.close()
+        await self.packs.close()
         await self.membership.leave()
         with contextlib.suppress(Exception):
             await self.api.close()

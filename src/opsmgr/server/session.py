@@ -36,6 +36,7 @@ from opsmgr.server.convert import WIRE_DATABASES, owed_databases, to_batch
 from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
+from opsmgr.server.pack_rules import PackConfig
 from opsmgr.server.presence import PresenceLedger, QueueReport
 from opsmgr.server.renewal import CertificateRenewal, RenewalRefusal, RenewalRefused
 from opsmgr.server.task_rules import SentTask, accept_result
@@ -96,6 +97,10 @@ class AgentSession:
         # Runs sent on this stream, by task id: the only results this stream may report (see task_rules).
         self.tasks_sent: dict[str, SentTask] = {}
         self.on_task_result: TaskResultListener | None = None
+        # The agent's packs (set with Kubernetes access; see packs.PackDelivery), and the version of those last
+        # queued for it: None until the Welcome is, "" when the Welcome said nothing about packs.
+        self.packs_of: Callable[[str], PackConfig | None] = lambda _agent: None
+        self.config_version: str | None = None
 
     def fields(self, **more: object) -> dict[str, Any]:
         return {"peer": self.peer, "identity": self.identity.name, "role": self.identity.role.value,
@@ -227,11 +232,24 @@ class AgentSession:
                                 if hello.HasField("queue") else None)
         await self._outbox.put(pb.ServerMessage(welcome=pb.Welcome(
             version=version, server=self.settings.server_name, session_id=self.session_id,
-            config=pb.AgentConfig(heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds),
+            config=self._agent_config(self.packs_of(agent)),
             limits=pb.Limits(max_message_bytes=MAX_MESSAGE_BYTES, max_batch_items=MAX_BATCH_ITEMS))))
         log.info("agent connected", extra={"fields": self.fields(version=version, epoch=hello.epoch,
-                                                                 agent_version=hello.agent_version)})
+                                                                 agent_version=hello.agent_version,
+                                                                 config_version=self.config_version)})
         return None
+
+    def _agent_config(self, packs: PackConfig | None) -> pb.AgentConfig:
+        """The config of a Welcome or ConfigUpdate; the agent takes each whole, so both carry the heartbeat."""
+        config = pb.AgentConfig(heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds)
+        if packs is not None:
+            config.management_packs_json, config.config_version = packs.packs_json, packs.version
+        self.config_version = packs.version if packs is not None else ""
+        return config
+
+    async def send_config(self, packs: PackConfig) -> None:
+        """A ConfigUpdate with the agent's new packs, which it applies without a restart."""
+        await self._outbox.put(pb.ServerMessage(config_update=pb.ConfigUpdate(config=self._agent_config(packs))))
 
     async def _serve(self) -> Closing | None:
         assert self.agent is not None

@@ -144,8 +144,12 @@ class TaskDispatcher:
         if run is None:
             return
         agent = self.catalog.by_name.get(run.agent)
-        if agent is None or self.session_of(fqdn_of(agent)) is None:
-            return  # not this server's to deliver: the agent's stream is elsewhere, or not open yet
+        stream = self.session_of(fqdn_of(agent)) if agent is not None else None
+        if agent is None or stream is None or not stream.config_version:
+            # Not this server's to deliver (the agent's stream is elsewhere, or not open yet); or not yet: the agent
+            # runs only tasks its packs define, so a stream gets its runs after its packs (due again once they are
+            # sent, see `packs.PackDelivery.on_first_packs`).
+            return
         request = task_request(run, await self._definition(run))
         if isinstance(request, Undeliverable):
             self._tell_once(run, request.reason)

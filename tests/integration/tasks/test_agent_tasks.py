@@ -1,9 +1,9 @@
 """AgentTasks end to end: the session's real API server, real PostgreSQL, two real `opsmgr server` processes with
-Kubernetes access (the servers' own Role), and a real agent process (data path + collection, with its real task
+Kubernetes access (the servers' own Role), and a real `opsmgr agent` process (collection on, with its real task
 runner and allow-list). What is checked is what `kubectl get agenttask -o yaml` and `kubectl describe` show.
 
-The agent reads the pack from a file as well, because the server does not push ManagementPacks to agents yet
-(see agent_with_collection.py); the server resolves the same pack from the API server.
+The agent has no pack of its own: it learns the tasks from the pack its server pushes, and the server resolves the
+same pack from the API server.
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from opsmgr.kubeio.kube import Kube
 from opsmgr.protocol import agent_channel_pb2 as pb
@@ -30,7 +27,6 @@ from tests.integration.watcher.conftest import Fleet, create_agents, fqdn, until
 
 pytestmark = pytest.mark.timeout(300)
 
-COLLECTING_AGENT = Path(__file__).parents[1] / "agent" / "collection" / "agent_with_collection.py"
 ECHO = os.path.realpath(shutil.which("echo") or "/bin/echo")
 RM = os.path.realpath(shutil.which("rm") or "/bin/rm")
 AGENT = "web01"  # its certificate and FQDN are make_agent's: web01.contoso.test
@@ -45,16 +41,10 @@ def pack_spec(victim: Path) -> dict[str, Any]:
     ]}
 
 
-def start_collecting_agent(agent: AgentProcess, settings: dict[str, Any], packs: list[dict[str, Any]]) -> None:
-    """The agent process as `service.run_agent` wires collection: its task runner answers the server's requests."""
-    agent.config_path.write_text(yaml.safe_dump(agent.config))
-    settings_path, packs_path = agent.directory / "collection.yaml", agent.directory / "packs.json"
-    settings_path.write_text(yaml.safe_dump(settings))
-    packs_path.write_text(json.dumps(packs))
-    with agent.log_path.open("ab") as log:
-        agent.process = subprocess.Popen(
-            [sys.executable, str(COLLECTING_AGENT), str(agent.config_path), str(settings_path), str(packs_path)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def start_collecting_agent(agent: AgentProcess, settings: dict[str, Any]) -> None:
+    """`opsmgr agent` with collection on: its task runner answers the server's requests."""
+    agent.config["collection"] = settings
+    agent.start()
 
 
 def agent_task(namespace: str, name: str, task: str, **parameters: str) -> dict[str, Any]:
@@ -102,8 +92,7 @@ async def test_agent_tasks_round_trip_refuse_outside_the_allow_list_and_run_inje
 
     agent = make_agent(server)
     start_collecting_agent(agent, {"state_directory": str(agent.directory / "collection"),
-                                   "tasks": {"allow": [{"command": ECHO}]}},
-                           [{"metadata": {"name": PACK}, "spec": spec}])
+                                   "tasks": {"allow": [{"command": ECHO}]}})
 
     greet = await finished(kube, namespace, "greet", server, agent)
     status = greet["status"]

@@ -12,10 +12,10 @@ from opsmgr.api.agent_task import AgentTaskSpec, ChildTaskCounts, TaskPhase
 from opsmgr.api.conditions import ConditionStatus
 from opsmgr.api.management_group import ApprovalPolicy, DatabaseMode
 from opsmgr.api.management_pack import ManagementPackSpec, Task, TaskParameter
+from opsmgr.api.pack_validation import pack_problems
 from opsmgr.operator.approval import decide_approval, withdrawn
 from opsmgr.operator.assignment import assign, load, missing_servers
 from opsmgr.operator.names import APPROVAL_ANNOTATION
-from opsmgr.operator.pack_validation import pack_problems
 from opsmgr.operator.readiness import (
     AgentFacts,
     CertificateFacts,

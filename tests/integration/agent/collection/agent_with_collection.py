@@ -1,7 +1,8 @@
 """A real agent process for tests against a real server: the data path (`DiskQueue`, `ServerConnection`) with
 `Collection` plugged in the way `service.run_agent` is to wire it (queue as the sink, the task runner as the task
-handler, the config listener for packs). Packs come from a file too, because the server does not push
-ManagementPacks yet; once it does, `apply_config` receives them from Welcome and ConfigUpdate.
+handler, the config listener for packs). Packs come from a file here: the servers of these tests have no
+Kubernetes access, so they push none (with it, `apply_config` receives them from Welcome and ConfigUpdate, and
+`opsmgr agent` itself is the process to test, as tests/integration/tasks does).
 
     python agent_with_collection.py AGENT_YAML COLLECTION_YAML [PACKS_JSON]
 """

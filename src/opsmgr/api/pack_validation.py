@@ -1,5 +1,8 @@
 """What the API server's schema cannot check about a ManagementPack: overrides and task arguments that refer to
 things in the pack, and override values of the right kind. Each problem names the field, the value and the fix.
+
+Here, beside the models, because two components judge a pack by it: the operator's Valid condition and the
+management servers, which push to agents only packs that pass it.
 """
 
 from __future__ import annotations
