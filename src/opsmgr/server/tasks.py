@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "opsmgr-server"
 RESULT_ATTEMPTS = 5  # a result write that keeps meeting newer objects (409) is tried this often
 RETRY_SECONDS = 0.2
+DELIVERIES_AT_ONCE = 16
 
 
 class TaskDispatcher:
@@ -65,7 +66,8 @@ class TaskDispatcher:
         # Reasons already logged per run uid (a pending run is looked at often); forgotten once it is no longer
         # pending, so the memory is bounded by the pending runs.
         self._told: dict[str, set[str]] = {}
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Task[None]] = set()  # result writes and deliveries under way
+        self._slots = asyncio.Semaphore(DELIVERIES_AT_ONCE)
         catalog.on_change(self._agent_changed)
 
     def agent_connected(self, session: AgentSession) -> None:
@@ -87,11 +89,21 @@ class TaskDispatcher:
             while self._due:
                 name = next(iter(self._due))
                 del self._due[name]
-                try:
-                    await self._deliver(name)
-                except (KubeError, OSError, TimeoutError) as exc:
-                    log.warning("task delivery failed; tried again on the next change", extra={"fields": {
-                        "agenttask": f"{self.namespace}/{name}", "error": str(exc)}})
+                # Each run on its own: an agent that stops reading fills its stream's outbox, and its send must not
+                # hold up every other agent's runs. Bounded, so a burst of runs does not flood the API server.
+                await self._slots.acquire()
+                delivery = asyncio.create_task(self._deliver_one(name), name=f"task-delivery-{name}")
+                self._writes.add(delivery)
+                delivery.add_done_callback(self._writes.discard)
+
+    async def _deliver_one(self, name: str) -> None:
+        try:
+            await self._deliver(name)
+        except (KubeError, OSError, TimeoutError) as exc:
+            log.warning("task delivery failed; tried again on the next change", extra={"fields": {
+                "agenttask": f"{self.namespace}/{name}", "error": str(exc)}})
+        finally:
+            self._slots.release()
 
     async def close(self) -> None:
         for write in list(self._writes):
