@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 
 from opsmgr.console import assets, queries
@@ -41,7 +42,7 @@ from opsmgr.kubeio.kube import KubeError
 log = logging.getLogger(__name__)
 
 PUBLIC_PREFIXES = ("/static/", "/vendor/")
-PUBLIC_PATHS = {"/login", "/healthz"}
+PUBLIC_PATHS = {"/login", "/healthz", "/favicon.ico"}  # the favicon: 404, never a login page
 STATIC = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
     # Scripts and styles from this origin only: no inline script can run even if something escaped escaping.
@@ -50,7 +51,8 @@ SECURITY_HEADERS = {
                                 "frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it Chrome sends `Origin: null` with same-origin form posts, which the check refuses.
+    "Referrer-Policy": "same-origin",
     "Strict-Transport-Security": "max-age=31536000",
 }
 ALERT_ACTIONS = {"acknowledge": ResolutionState.ACKNOWLEDGED, "close": ResolutionState.CLOSED}
@@ -105,6 +107,13 @@ class Console:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
+        except KubeError as error:  # the API server refused the console itself (RBAC) or is away
+            log.warning("%s %s: %s", request.method, request.path, error)
+            response = self._error(request, 503, "The API server did not answer", str(error))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("%s %s: %s", request.method, request.path, error)
+            response = self._error(request, 503, "A database did not answer",
+                                   f"{type(error).__name__}: {error}. The page will work again once it answers.")
         response.headers.update(SECURITY_HEADERS)
         if not request.path.startswith(PUBLIC_PREFIXES):
             response.headers["Cache-Control"] = "no-store"
@@ -162,7 +171,7 @@ class Console:
         next_path = safe_next(request.path_qs if request.method == "GET" else "/agents", "/agents")
         response = self._page(request, "login.html", status=status, login_csrf=login_csrf, next=next_path,
                               message=message, message_kind="error" if status == 401 else "info")
-        response.set_cookie(LOGIN_CSRF_COOKIE, login_csrf, path="/login", httponly=True, secure=True,
+        response.set_cookie(LOGIN_CSRF_COOKIE, login_csrf, path="/", httponly=True, secure=True,
                             samesite="Strict")
         return response
 
@@ -188,7 +197,7 @@ class Console:
         log.info("signed in: %s", review.user.username)
         response = web.HTTPSeeOther(safe_next(form.get("next"), "/agents"))
         response.set_cookie(SESSION_COOKIE, token, path="/", httponly=True, secure=True, samesite="Strict")
-        response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
+        response.del_cookie(LOGIN_CSRF_COOKIE, path="/")
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
