@@ -20,6 +20,8 @@ _FIXES: dict[str, str] = {
     "certificate": "give the path of a readable PEM file (the console serves HTTPS only)",
     "key": "give the path of a readable PEM file (the console serves HTTPS only)",
     "operational_dsn": "write postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+    "operational_dsn_file": "give the path of a readable file holding the DSN (e.g. a CloudNativePG Secret's `uri`)",
+    "warehouse_dsn_file": "give the path of a readable file holding the DSN (e.g. a CloudNativePG Secret's `uri`)",
     "warehouse_dsn": "write postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
     "namespace": "give the namespace of the ManagementGroup whose Agents the console shows",
     "kubeconfig": "give the path of a readable kubeconfig, or leave it out to use the Pod's ServiceAccount",
@@ -106,7 +108,28 @@ def _describe(error: Any) -> str:
     return f"{path} = {shown}: {message}. Fix: {fix}"
 
 
-_PATH_FIELDS = (("tls", "certificate"), ("tls", "key"), ("kubernetes", "kubeconfig"))
+_PATH_FIELDS = (("tls", "certificate"), ("tls", "key"), ("kubernetes", "kubeconfig"),
+                ("databases", "operational_dsn_file"), ("databases", "warehouse_dsn_file"))
+
+
+def _read_dsn_files(document: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`<db>_dsn_file` (a mounted Secret key, so no password sits in the file) becomes `<db>_dsn`."""
+    databases = document.get("databases")
+    if not isinstance(databases, dict):
+        return document, []
+    databases, problems = dict(databases), []
+    for name in ("operational_dsn", "warehouse_dsn"):
+        given = databases.pop(f"{name}_file", None)
+        if given is None:
+            continue
+        if name in databases:
+            problems.append(f"databases.{name}_file = {given!r}: databases.{name} is given too. Fix: keep one")
+            continue
+        try:
+            databases[name] = Path(str(given)).read_text().strip()
+        except OSError as exc:
+            problems.append(f"databases.{name}_file = {given!r}: {exc.strerror}. Fix: {_FIXES[name + '_file']}")
+    return {**document, "databases": databases}, problems
 
 
 def parse_config(document: object, path: Path, base: Path | None = None) -> ConsoleConfig:
@@ -120,10 +143,14 @@ def parse_config(document: object, path: Path, base: Path | None = None) -> Cons
             values = document.get(section)
             if isinstance(values, dict) and isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
                 document[section] = {**values, key: str(base / values[key])}
+    document, problems = _read_dsn_files(document)
     try:
-        return ConsoleConfig.model_validate(document)
+        config = ConsoleConfig.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(path, [_describe(error) for error in exc.errors()]) from None
+        problems += [_describe(error) for error in exc.errors()]
+    if problems:
+        raise ConfigError(path, problems)
+    return config
 
 
 def load_config(path: Path) -> ConsoleConfig:

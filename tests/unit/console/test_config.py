@@ -32,3 +32,19 @@ def test_problems_name_the_field_the_value_and_the_fix(tmp_path: Path) -> None:
     assert "listen.port = 70000" in text
     assert "kubernetes: missing. Fix: add kubernetes to the file" in text
     assert "refresh = 5: not a known setting" in text
+
+
+def test_dsns_may_come_from_files_such_as_a_mounted_secret(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    (tmp_path / "uri").write_text("postgresql://app:pw@db/app\n")
+    config = parse_config({"tls": {"certificate": "tls.crt", "key": "tls.key"},
+                           "databases": {"operational_dsn_file": "uri", "warehouse_dsn": "postgresql://w@h/w"},
+                           "kubernetes": {"namespace": "opsmgr"}}, tmp_path / "c.yaml", tmp_path)
+    assert config.databases.operational_dsn == "postgresql://app:pw@db/app"
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"tls": {"certificate": "tls.crt", "key": "tls.key"},
+                      "databases": {"operational_dsn_file": "gone", "warehouse_dsn": "postgresql://w@h/w"},
+                      "kubernetes": {"namespace": "opsmgr"}}, tmp_path / "c.yaml", tmp_path)
+    assert "databases.operational_dsn_file = " in str(caught.value)
+    assert "No such file or directory" in str(caught.value)
