@@ -27,9 +27,11 @@ class Databases:
 
     @classmethod
     async def open(cls, operational_dsn: str, warehouse_dsn: str, size: int) -> Databases:
-        operational = await asyncpg.create_pool(operational_dsn, min_size=1, max_size=size)
+        """Pools that connect on first use: the console starts (and answers /healthz) before the group's databases
+        exist, and its pages say which database is not answering until they do."""
+        operational = await asyncpg.create_pool(operational_dsn, min_size=0, max_size=size)
         try:
-            warehouse = await asyncpg.create_pool(warehouse_dsn, min_size=1, max_size=size)
+            warehouse = await asyncpg.create_pool(warehouse_dsn, min_size=0, max_size=size)
         except BaseException:
             await operational.close()
             raise

@@ -160,6 +160,7 @@ async def test_a_person_watches_health_reads_a_chart_acknowledges_an_alert_and_a
                 assert (rows["web01"]["connection"], rows["web01"]["heartbeat"]) == ("Connected", "OK")
                 assert rows["web01"]["server"] == server.config["kubernetes"]["member"]
                 assert (rows["vm07"]["approval"], rows["vm07"]["connection"]) == ("Pending", "NeverConnected")
+                assert await page.get_attribute("meta[http-equiv=refresh]", "content") == "3600"  # reloads itself
                 await page.screenshot(path=str(screenshots / "02-agents.png"), full_page=True)
                 await page.select_option("select[name=health]", "Critical")
                 await page.click("form.filters button[type=submit]")

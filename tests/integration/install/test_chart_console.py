@@ -86,3 +86,10 @@ def test_enabling_the_console_without_its_secrets_says_which(helm: Helm, missing
     result = helm.run("template", "opsmgr", str(CHART), "--values", "-", check=False, input=yaml.safe_dump(values))
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_every_console_object_has_an_argo_cd_sync_wave(helm: Helm) -> None:
+    docs = [d for d in helm.template(values=ENABLED) if "console" in d["metadata"]["name"]]
+    assert len(docs) == 8
+    waves = {d["kind"]: d["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] for d in docs}
+    assert waves["Role"] == "-2" and waves["Deployment"] == "-1" and waves["Service"] == "-1"
