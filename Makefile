@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all venv postgres-bin testbin lint test unit demo clean bench
+.PHONY: all venv postgres-bin testbin console-assets chromium lint test unit demo clean bench
 
 all: test
 
@@ -44,12 +44,28 @@ postgres-bin:
 testbin:
 	@bash tools/testbin/build.sh >/dev/null
 
+# The console's chart library (uPlot, pinned with its integrity in src/opsmgr/console/assets.py) from the npm
+# registry into the cache (~/.cache/opsmgr/npm/uplot-<version>); never committed. npm comes from Debian when missing.
+console-assets:
+	@if ! command -v npm >/dev/null; then \
+	  echo "installing Debian's npm (the console's chart library comes from the npm registry)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm >/dev/null; \
+	fi
+	@$(PYTHON) src/opsmgr/console/assets.py
+
+# Debian's chromium, the browser the console's tests drive through Playwright (no `playwright install`).
+chromium:
+	@if command -v chromium >/dev/null; then :; else \
+	  echo "installing Debian's chromium (the console's browser tests need it)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	fi
+
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: venv postgres-bin testbin lint
+test: venv postgres-bin testbin console-assets chromium lint
 	@rc=0; $(PY) -m pytest -rs --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure, not a pass" >&2; exit 1; fi; \
 	exit $$rc

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "token": ("opsmgr.server.enrollment_cli:token", "Create, list or delete join tokens with which VMs enroll."),
     "agents": ("opsmgr.server.enrollment_cli:agents", "Approve or reject agents waiting for approval."),
     "gateway": ("opsmgr.gateway.cli:gateway", "Run a gateway: relay agents outside the trust boundary to servers."),
+    "console": ("opsmgr.console.cli:console", "Run the operations console: agents, health, alerts and charts (HTTPS)."),
 }
 
 
