@@ -34,8 +34,9 @@ from opsmgr.operator.node_agents import DEFAULT_AGENT_IMAGE
 
 HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack, node_agents,
                    sidecar_agents, webhook)
-# Enough concurrent handlers to keep the API server busy without a thousand coroutines each holding a key pair.
-WORKER_LIMIT = 64
+# Connections to the API server; handlers beyond this wait for one. (Key pairs are made in the default thread pool,
+# so they are bounded by its threads, not by the number of handlers.)
+API_CONNECTIONS = 64
 
 
 async def _api_client() -> kube_client.ApiClient:
@@ -44,7 +45,7 @@ async def _api_client() -> kube_client.ApiClient:
     except kube_config.ConfigException:
         await kube_config.load_kube_config()
     configuration = kube_client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = WORKER_LIMIT
+    configuration.connection_pool_maxsize = API_CONNECTIONS
     return kube_client.ApiClient(configuration)
 
 
@@ -63,7 +64,10 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.INFO
-    settings.queueing.worker_limit = WORKER_LIMIT
+    # No limit on kopf's per-object workers: handlers wait until every index holds the whole initial listing, and
+    # indexing runs in those same workers, so a restart that found more Agents than the limit deadlocked (the
+    # first workers waited for an index that the queued rest never filled). API calls are bounded by the pool.
+    settings.queueing.worker_limit = None
     # Served resources are found once at start (our CRDs are installed first), so no cluster-wide CRD watch.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,17 @@ class RunningOperator:
     metrics_port: int
     log: Path
     webhook_port: int = 0  # the sidecar-injection webhook, https://127.0.0.1:<port>/inject-agent
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    liveness_port: int = 0
+
+    def restart(self) -> None:
+        """SIGTERM, then the same command on the same ports, as a Deployment's new Pod would come up."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        _until_alive(self)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
@@ -83,19 +94,24 @@ def start_operator(cluster: LocalCluster, directory: Path, extra_env: dict[str, 
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "OPSMGR_IMAGE": TEST_IMAGE,
            "OPSMGR_POSTGRES_IMAGE": "postgres:16", "OPSMGR_AGENT_IMAGE": TEST_AGENT_IMAGE,
            "OPSMGR_WEBHOOK_PORT": str(webhook_port), "OPSMGR_WEBHOOK_HOSTS": "127.0.0.1", **(extra_env or {})}
+    command = [sys.executable, "-m", "opsmgr", "operator", "--metrics-port", str(metrics_port),
+               "--liveness-port", str(liveness_port)]
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "opsmgr", "operator", "--metrics-port", str(metrics_port),
-                                    "--liveness-port", str(liveness_port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    running = RunningOperator(process, metrics_port, log, webhook_port)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    running = RunningOperator(process, metrics_port, log, webhook_port, command, env, liveness_port)
+    _until_alive(running)
+    return running
+
+
+def _until_alive(running: RunningOperator) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=2):
-                return running
+            with urllib.request.urlopen(f"http://127.0.0.1:{running.liveness_port}/healthz", timeout=2):
+                return
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
+            if running.process.poll() is not None or time.monotonic() > deadline:
+                running.process.kill()
                 raise RuntimeError(f"the operator did not come up:\n{running.tail()}") from None
             time.sleep(0.3)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.integration.api.conftest import Kubectl
-from tests.integration.operator.conftest import condition, eventually, example, get_or_none
+from tests.integration.operator.conftest import RunningOperator, condition, eventually, example, get_or_none
 
 
 def group(name: str, policy: str) -> dict[str, Any]:
@@ -164,3 +164,17 @@ def test_a_pack_with_a_dangling_override_is_not_ready_and_says_why(kubectl: Kube
     assert valid["status"] == "False" and "no-such-rule" in valid["message"]
     status = get_or_none(kubectl, "managementpack", "linux-base")["status"]  # type: ignore[index]
     assert status["rules"] == len(pack["spec"]["rules"]) and status["tasks"] == len(pack["spec"]["tasks"])
+
+
+def test_a_restarted_operator_that_finds_more_agents_than_workers_still_reconciles_new_ones(
+        kubectl: Kubectl, operator: RunningOperator) -> None:
+    # 80 Agents of a group that does not exist (yet): each one's reconcile waits and retries. A restarted operator
+    # lists them all at once; with kopf's worker limit below that count its first workers waited for an index that
+    # the queued rest never filled, and nothing in the cluster was reconciled again.
+    kubectl.run("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        agent(f"early-{n:02d}", "not-yet", placement="Host") for n in range(80)]}))
+    operator.restart()
+    kubectl.create(group("after-restart", "AutoApprove"))
+    kubectl.create(agent("node-late", "after-restart"))
+    eventually(lambda: (condition(get_or_none(kubectl, "agent", "node-late"), "Ready") or {}).get("status") == "True",
+               what="the new agent Ready after the restart", timeout=90)
