@@ -469,6 +469,7 @@ def render_server_access(group: ManagementGroup) -> list[Manifest]:
               "resourceNames": [ca_secret_of(group)]},
              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
               "resourceNames": [tokens_secret_name(names.group)]},
+             *_notification_secret_rules(group),
              # Fleet membership: each server renews its own Lease and lists the others'.
              {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
               "verbs": ["get", "list", "create", "patch", "delete"]},
@@ -478,6 +479,13 @@ def render_server_access(group: ManagementGroup) -> list[Manifest]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
          "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": names.namespace}]},
     ]
+
+
+def _notification_secret_rules(group: ManagementGroup) -> list[Manifest]:
+    """Read access to exactly the Secrets holding the notification targets' bearer tokens, when there are any."""
+    secrets = sorted({t.credentials.name for t in group.spec.notifications if t.credentials is not None})
+    return [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": secrets}] if secrets \
+        else []
 
 
 def render_server_enrollment_binding(group: ManagementGroup) -> Manifest:

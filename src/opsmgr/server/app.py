@@ -15,12 +15,14 @@ from grpc import aio
 from opsmgr.db.alert_sync import sync_alerts_to_warehouse
 from opsmgr.db.cli import redact_dsn
 from opsmgr.db.model import Database, Retention
+from opsmgr.kubeio.kube import KubeError
 from opsmgr.pki.revocation_watch import RevocationWatch
 from opsmgr.protocol.transport import grpc_options, server_credentials
 from opsmgr.server.channel import AgentChannel
 from opsmgr.server.cluster import ClusterLink, member_name
 from opsmgr.server.config import ServerConfig
 from opsmgr.server.directory import AgentDirectory, FileAgentDirectory
+from opsmgr.server.duties import GroupDuties
 from opsmgr.server.enrollment_cluster import EnrollmentCluster
 from opsmgr.server.enrollment_endpoint import EnrollmentEndpoint
 from opsmgr.server.ingest import DatabaseLink, IngestPipeline
@@ -85,6 +87,11 @@ class ManagementServer:
             member=member_name(config), presence=self.presence, pool=self.links[Database.OPERATIONAL].pool,
             interval=float(config.heartbeat_interval_seconds), threshold=watcher.missed_threshold,
             flush_seconds=watcher.presence_flush_seconds, probe_timeout=watcher.probe_timeout_seconds)
+        duties = config.duties
+        self.duties = GroupDuties(group=config.group, links=self.links, alert_seconds=duties.alert_seconds,
+                                  aggregation_minute=duties.aggregation_minute,
+                                  groom_seconds=config.ingest.partition_maintenance_seconds,
+                                  group_refresh_seconds=duties.group_refresh_seconds, console_url=duties.console_url)
         self.cluster: ClusterLink | None = None
         self.enrollment = EnrollmentEndpoint.of(config)
         self._grpc: aio.Server | None = None
@@ -98,7 +105,8 @@ class ManagementServer:
         healthy = serving and databases[Database.OPERATIONAL.value] == "ok"
         return healthy, {"status": "ok" if healthy else "unavailable", "serving": serving, "databases": databases,
                          "connected_agents": len(self.channel.by_agent), "watched_agents": len(self.watcher.watcher),
-                         "alerts_raised": self.watcher.raised, "alerts_resolved": self.watcher.resolved}
+                         "alerts_raised": self.watcher.raised, "alerts_resolved": self.watcher.resolved,
+                         "duty_passes": dict(self.duties.passes)}
 
     async def start(self) -> Endpoints:
         tls = self.config.tls
@@ -132,10 +140,12 @@ class ManagementServer:
                                        server=self.config.name)
             self.channel.renewal = CertificateRenewal(signer, lambda: self.revocations.current)
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="health-service-watcher")
-        for link in self.links.values():
-            self._tasks.append(asyncio.create_task(
-                self._every(self.config.ingest.partition_maintenance_seconds, link.maintain),
-                name=f"{link.database}-partitions"))
+        if self.cluster is not None:
+            assert self.config.kubernetes is not None
+            self.duties.kube, self.duties.namespace = self.cluster.kube, self.config.kubernetes.namespace
+            with contextlib.suppress(KubeError, OSError, TimeoutError):
+                await self.duties.refresh()  # the group's retention before the first grooming; retried if it fails
+        self._tasks += self.duties.tasks()
         log.info("management server listening", extra={"fields": {
             "name": self.config.name, "group": self.config.group, "agent_port": agent_port,
             "metrics_port": metrics_port, "operational": redact_dsn(self.links[Database.OPERATIONAL].dsn),
@@ -147,6 +157,7 @@ class ManagementServer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.duties.close()
         if self._grpc is not None:
             # Stop taking new streams first, then end the open ones: the grace is only for writes in flight.
             stopped = asyncio.create_task(self._grpc.stop(grace))

@@ -157,6 +157,15 @@ class EnrollmentConfig(_Section):
     retry_after_seconds: Annotated[int, Field(ge=1, le=3600)] = 5  # how soon a Pending agent asks again
 
 
+class DutiesConfig(_Section):
+    """The group's periodic duties (server/duties.py); grooming runs every `ingest.partition_maintenance_seconds`."""
+
+    alert_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0  # storms, then notifications
+    aggregation_minute: Annotated[float, Field(ge=0, lt=60)] = 5.0  # past each hour: late samples have arrived
+    group_refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0  # retention and notification targets
+    console_url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # linked from notifications
+
+
 class LogConfig(_Section):
     format: Literal["json", "keyvalue"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -176,6 +185,7 @@ class ServerConfig(_Section):
     watcher: WatcherConfig = WatcherConfig()
     kubernetes: KubernetesConfig | None = None
     enrollment: EnrollmentConfig = EnrollmentConfig()
+    duties: DutiesConfig = DutiesConfig()
     log: LogConfig = LogConfig()
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from opsmgr.db.model import Batch, Database, Lane, Retention
-from opsmgr.db.schema import maintain_partitions, prepare_database
+from opsmgr.db.schema import prepare_database
 from opsmgr.db.writer import CommitResult, write_operational_batches, write_warehouse_batches
 from opsmgr.server.metrics import ServerMetrics
 
@@ -84,13 +84,6 @@ class DatabaseLink:
                 self._pool = pool
                 log.info("database ready", extra={"fields": {"database": self.database.value}})
             return self._pool
-
-    async def maintain(self) -> None:
-        async with (await self.pool()).acquire() as conn:
-            report = await maintain_partitions(conn, self.database, self.retention)
-        if report.created or report.dropped:
-            log.info("partitions maintained", extra={"fields": {
-                "database": self.database.value, "created": len(report.created), "dropped": len(report.dropped)}})
 
     async def close(self) -> None:
         if self._pool is not None:
