@@ -21,7 +21,7 @@ import asyncpg
 from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright
 
 from opsmgr.dev.postgres import free_port
-from opsmgr.kubeio.kube import Kube
+from opsmgr.kubeio.kube import Kube, Ref
 from tests.integration.console.conftest import (  # noqa: F401  (fixtures)
     chromium_path,
     console_access,
@@ -88,7 +88,13 @@ async def test_a_person_watches_health_reads_a_chart_acknowledges_an_alert_and_a
     log_file = tmp_path / "app.log"
     await asyncio.to_thread(log_file.write_text, "")
     critical_packs, healthy_packs = packs(log_file, closed_port), packs(tmp_path / "none.log", open_port)
-    await kube.create({**critical_packs[0], "metadata": {"name": "linux-basics", "namespace": namespace}})
+    # The servers push each agent the packs that select it, in place of any pack file: web01 gets the closed port,
+    # web02 the open one.
+    for name, pack_list, tier in (("linux-basics", critical_packs, "a"), ("linux-basics-b", healthy_packs, "b")):
+        spec = {**pack_list[0]["spec"], "agentSelector": {"matchLabels": {"tier": tier}}}
+        await kube.create({**pack_list[0], "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    for name, tier in (("web01", "a"), ("web02", "b")):
+        await kube.merge_patch(Ref(AGENTS_API, "Agent", namespace, name), {"metadata": {"labels": {"tier": tier}}})
 
     (server,) = fleet.start(1)
     web01 = start_agent(fqdn("web01"), server, critical_packs)
