@@ -4,7 +4,8 @@
 
 short (the default, a few minutes): smaller sizes and fewer runs; the fleet is 1,000 agents heartbeating and
 sending every 10 s (the message rate of 6,000 agents at Operations Manager's 60 s). full: each benchmark's own
-defaults and the issue's sizes (10,000 agents at 60 s). A bench/bench_*.py not listed here runs with its defaults
+defaults and the issue's sizes (10,000 agents at 60 s; 100 agents replaying 10,000 queued items each, where short
+mode queues 1,000 each). A bench/bench_*.py not listed here runs with its defaults
 in full mode, so a new benchmark is never silently left out. Benchmarks run one at a time: they share 2 CPUs.
 """
 
@@ -28,6 +29,7 @@ PLAN: dict[str, dict[str, list[str] | None]] = {
     "bench_fleet": {"short": ["--agents", "1000", "--heartbeat-seconds", "10", "--batch-seconds", "10",
                               "--steady-seconds", "30", "--runs", "3"],
                     "full": ["--agents", "10000", "--steady-seconds", "120", "--runs", "3"]},
+    "bench_replay": {"short": ["--agents", "100", "--items", "1000"], "full": []},
 }
 
 

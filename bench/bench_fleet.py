@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import math
 import multiprocessing
 import os
 import queue
@@ -50,12 +49,22 @@ from typing import Any
 import asyncpg
 import grpc
 import psutil
-import yaml
 from grpc import aio
 from tests.integration.server.client import SETTLED, AgentStream, Credentials, channel, owed, stamp
 from tests.integration.server.conftest import GROUP, SERVER_NAMES, ServerProcess
 
-from bench.common import Figure
+from bench.common import (
+    Figure,
+    busy_seconds,
+    delay_buckets,
+    minus,
+    percentile,
+    probe,
+    quantile,
+    tree_cpu_seconds,
+    within,
+    write_server_files,
+)
 from opsmgr.dev.postgres import LocalPostgres, free_port
 from opsmgr.pki import Approval, Identity, Role, create_ca, issue_with_new_key
 from opsmgr.protocol import agent_channel_pb2 as pb
@@ -63,7 +72,6 @@ from opsmgr.server.tls import restrict_cipher_suites
 
 PROBE = "probe.bench.test"
 CONNECT_ATTEMPTS = 3
-DELAY_METRIC = "opsmgr_heartbeat_delay_seconds"
 
 
 def agent_name(index: int) -> str:
@@ -249,68 +257,6 @@ def run_worker(spec: WorkerSpec, reports: multiprocessing.Queue[Any], stop: MpEv
     # already stamped and be blamed on the server; the fleet's garbage is freed by reference counting anyway.
     gc.disable()
     asyncio.run(Fleet(spec, reports, stop).run())
-
-
-def delay_buckets(metrics: str) -> list[tuple[float, float]]:
-    """The heartbeat delay histogram as (upper bound, cumulative count), ascending."""
-    found = re.findall(rf'^{DELAY_METRIC}_bucket{{le="([^"]+)"}} (\S+)$', metrics, re.MULTILINE)
-    return sorted((float(bound), float(count)) for bound, count in found)
-
-
-def minus(after: list[tuple[float, float]], before: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    earlier = dict(before)
-    return [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
-
-
-def quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Linear interpolation within the bucket holding the q-th observation (inf when it is past the last bound)."""
-    total = buckets[-1][1]
-    rank, lower, below = q * total, 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank and count > below:
-            return bound if math.isinf(bound) else lower + (bound - lower) * (rank - below) / (count - below)
-        lower, below = bound, count
-    return math.inf
-
-
-def within(buckets: list[tuple[float, float]], bound: float) -> float:
-    total = buckets[-1][1]
-    return dict(buckets)[bound] / total if total else math.nan
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
-
-
-async def probe(port: int, credentials: Credentials, beats: int) -> None:
-    """The baseline: one agent alone heartbeating every 0.1 s."""
-    async with channel(port, credentials) as chan:
-        stream = AgentStream(chan)
-        await stream.hello()
-        for seq in range(1, beats + 1):
-            beat = pb.Heartbeat(seq=seq)
-            beat.sent_at.GetCurrentTime()
-            await stream.send(pb.AgentMessage(heartbeat=beat))
-            await asyncio.sleep(0.1)
-        await stream.send(pb.AgentMessage(goodbye=pb.Goodbye(reason="probe over")))
-        await stream.call.done_writing()
-
-
-def busy_seconds(times: Any) -> float:
-    return float(times.user + times.nice + times.system + times.irq + times.softirq + getattr(times, "steal", 0.0))
-
-
-def tree_cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process = psutil.Process(pid)
-            for member in (process, *process.children(recursive=True)):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    cpu = member.cpu_times()
-                    total += cpu.user + cpu.system
-    return total
 
 
 @dataclass
@@ -542,13 +488,7 @@ async def main(args: argparse.Namespace) -> None:
         issued.append((identity.key_pem(), identity.certificate_pem()))
     print(f"issued {len(names)} agent certificates in {time.perf_counter() - issue_started:.1f} s", flush=True)
     server_files = Path(tempfile.mkdtemp(prefix="opsmgr-bench-fleet-files-"))
-    server_identity = issue_with_new_key(ca, Approval(SERVER_NAMES.identity(), "bench", now), now,
-                                         dns_names=SERVER_NAMES.dns_names())
-    (server_files / "tls.crt").write_bytes(server_identity.certificate_pem())
-    (server_files / "tls.key").write_bytes(server_identity.key_pem())
-    (server_files / "ca.crt").write_bytes(ca.certificate_pem())
-    (server_files / "directory.yaml").write_text(yaml.safe_dump(
-        {"agents": [{"fqdn": name, "approval": "Approved"} for name in names]}))
+    write_server_files(server_files, ca, names, now)
     # Its own folder: LocalPostgres hands it to the postgres account when we run as root.
     pg_folder = Path(tempfile.mkdtemp(prefix="opsmgr-bench-fleet-pg-"))
     postgres = LocalPostgres(pg_folder, fsync=not args.no_fsync)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from opsmgr.server.tls import restrict_cipher_suites
+
+if TYPE_CHECKING:
+    from opsmgr.server.app import ManagementServer
 
 
 @click.command("server")
@@ -41,4 +45,16 @@ def server(config_path: Path, check: bool) -> None:
     except (DirectoryFileError, CertificateError, OSError, yaml.YAMLError) as exc:
         click.echo(f"{config_path}: {exc}", err=True)
         sys.exit(2)
-    asyncio.run(management_server.serve_until_signalled())
+    asyncio.run(_serve(management_server))
+
+
+async def _serve(management_server: ManagementServer) -> None:
+    from opsmgr.server.heap import HeapFreezer  # noqa: PLC0415
+
+    # Only the server process freezes its heap: tests that run a ManagementServer in-process keep their collector.
+    freezer = asyncio.create_task(HeapFreezer().run(), name="heap-freezer")
+    try:
+        await management_server.serve_until_signalled()
+    finally:
+        freezer.cancel()
+        await asyncio.gather(freezer, return_exceptions=True)
