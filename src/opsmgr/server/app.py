@@ -85,6 +85,7 @@ class ManagementServer:
             member=member_name(config), presence=self.presence, pool=self.links[Database.OPERATIONAL].pool,
             interval=float(config.heartbeat_interval_seconds), threshold=watcher.missed_threshold,
             flush_seconds=watcher.presence_flush_seconds, probe_timeout=watcher.probe_timeout_seconds)
+        self.pipelines[Database.OPERATIONAL].on_committed.append(self.watcher.batch_committed)
         self.cluster: ClusterLink | None = None
         self.enrollment = EnrollmentEndpoint.of(config)
         self._grpc: aio.Server | None = None
