@@ -1,7 +1,7 @@
 """What the console shows, decided from plain data (pure): each agent's row and health, filters, the chart's time
 range and resolution, and the labels people read. The I/O lives in queries.py (databases) and cluster.py (API).
 
-Health is the rule of the Agent's `status.health` (opsmgr.server.health_model, which the console may not import):
+Health follows the rule of the Agent's `status.health`, opsmgr.db.health_model, shared with the management servers:
 the worst of the monitors' latest states, Critical over Warning over Healthy, Unknown (not monitored) skipped; and
 Unknown while the agent is not approved, in maintenance or its heartbeat is lost, since its last states can no
 longer be trusted. The monitors' states come from the operational DB, where the servers write every change.
@@ -16,27 +16,22 @@ from enum import StrEnum
 from typing import Any
 
 from opsmgr.api.agent import Approval, Health, HeartbeatState
+from opsmgr.db.health_model import HEALTH_OF_STATE, agent_health, worst_of
 from opsmgr.db.model import AlertPriority, AlertSeverity, EventLevel, HealthState, ResolutionState
 
-HEALTH_OF_STATE: Mapping[int, Health] = {
-    HealthState.UNKNOWN: Health.UNKNOWN, HealthState.HEALTHY: Health.HEALTHY,
-    HealthState.WARNING: Health.WARNING, HealthState.CRITICAL: Health.CRITICAL,
-}
+
+def _approval(text: str) -> Approval:
+    try:
+        return Approval(text)
+    except ValueError:
+        return Approval.PENDING  # not a value the API server admits: not approved
 
 
-def worst_of(states: Iterable[int]) -> HealthState:
-    """Critical over Warning over Healthy; Unknown (not monitored) only when nothing is known."""
-    known = [HealthState(state) for state in states if state != HealthState.UNKNOWN]
-    return max(known) if known else HealthState.UNKNOWN
-
-
-def agent_health(monitor_states: Iterable[int], *, approval: str, heartbeat: str | None,
-                 in_maintenance: bool) -> Health:
-    if approval != Approval.APPROVED or in_maintenance:
-        return Health.UNKNOWN
-    if heartbeat in (HeartbeatState.FAILURE, HeartbeatState.UNREACHABLE):
-        return Health.UNKNOWN
-    return HEALTH_OF_STATE[worst_of(monitor_states)]
+def _heartbeat(text: object) -> HeartbeatState | None:
+    try:
+        return HeartbeatState(str(text)) if text else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class MonitorState:
 
     @property
     def health(self) -> str:
-        return HEALTH_OF_STATE[self.state].value
+        return HEALTH_OF_STATE[HealthState(self.state)].value
 
 
 @dataclass(frozen=True)
@@ -87,8 +82,8 @@ def agent_row(body: Mapping[str, Any], monitor_states: Sequence[MonitorState]) -
     approval = str(status.get("approval") or Approval.PENDING.value)
     heartbeat = status.get("heartbeat")
     maintenance = bool(status.get("maintenance"))
-    health = agent_health((m.state for m in monitor_states), approval=approval, heartbeat=heartbeat,
-                          in_maintenance=maintenance)
+    health = agent_health(worst_of(HealthState(m.state) for m in monitor_states), approval=_approval(approval),
+                          heartbeat=_heartbeat(heartbeat), in_maintenance=maintenance)
     return AgentRow(
         name=str(metadata.get("name", "")), fqdn=str(spec.get("fqdn", "")), placement=str(spec.get("placement", "")),
         approval=approval, health=health.value, heartbeat=str(heartbeat or "-"),

@@ -1,8 +1,8 @@
 """The Agent status fields the management servers own, decided from what the watcher knows (pure), and the
 throttled writer that patches them.
 
-Owned fields: heartbeat, connection, server, maintenance, lastHeartbeatTime, queue and the `Heartbeat` and
-`Connected` conditions (the operator owns approval, assignment, certificate, Ready and its own conditions). A field
+Owned fields: heartbeat, connection, server, maintenance, health, lastHeartbeatTime, queue and the `Heartbeat`
+and `Connected` conditions (the operator owns approval, assignment, certificate, Ready and its own conditions). A field
 is written only when its value changed; lastHeartbeatTime (and the queue, which moves with every heartbeat) only
 when the connection changed or the stored time is `heartbeat_every` old, so a heartbeat never costs a write. The
 patch carries the resourceVersion it was decided from: a concurrent change answers 409, and the agent is decided
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from opsmgr.api.agent import Connection
+from opsmgr.api.agent import Connection, Health
 from opsmgr.api.conditions import Condition, ConditionStatus, set_condition
 from opsmgr.kubeio.kube import Kube, KubeError, Ref
 from opsmgr.server.heartbeat_watcher import HeartbeatStatus
@@ -40,6 +40,7 @@ class ObservedAgent:
     last_heartbeat: datetime | None
     queue: QueueReport | None
     maintenance: bool
+    health: Health | None = None  # None: not decided yet (the monitors' states are being read), leave it as stored
 
 
 def _stamp(moment: datetime) -> str:
@@ -89,6 +90,8 @@ def status_patch(stored: Mapping[str, Any], observed: ObservedAgent, now: dateti
               "maintenance": observed.maintenance}
     if observed.server is not None:
         wanted["server"] = observed.server
+    if observed.health is not None:
+        wanted["health"] = observed.health.value
     patch |= {key: value for key, value in wanted.items() if stored.get(key) != value}
     stored_time = _parse(stored.get("lastHeartbeatTime"))
     if observed.last_heartbeat is not None and (

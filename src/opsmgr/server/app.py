@@ -87,6 +87,7 @@ class ManagementServer:
             member=member_name(config), presence=self.presence, pool=self.links[Database.OPERATIONAL].pool,
             interval=float(config.heartbeat_interval_seconds), threshold=watcher.missed_threshold,
             flush_seconds=watcher.presence_flush_seconds, probe_timeout=watcher.probe_timeout_seconds)
+        self.pipelines[Database.OPERATIONAL].on_committed.append(self.watcher.batch_committed)
         duties = config.duties
         self.duties = GroupDuties(group=config.group, links=self.links, alert_seconds=duties.alert_seconds,
                                   aggregation_minute=duties.aggregation_minute,

@@ -117,6 +117,8 @@ class IngestPipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._gauge = metrics.queued_items.labels(self.database.value)
+        # Told of each batch this database committed (or had committed before), e.g. to follow monitor states.
+        self.on_committed: list[Callable[[Batch], None]] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._writer(), name=f"{self.database}-writer-{n}")
@@ -242,6 +244,11 @@ class IngestPipeline:
             for (kind, reason), count in result.dropped.items():
                 self.metrics.items_dropped.labels(kind.value, self.database.value, reason.value).inc(count)
             _resolve(submission.future, result)
+            for listener in self.on_committed:
+                try:
+                    listener(submission.batch)
+                except Exception:  # a listener's bug must never stop this database's writer
+                    log.exception("commit listener failed", extra={"fields": {"database": self.database.value}})
 
     def _failed(self, group: list[_Submission], exc: BaseException) -> None:
         self.metrics.write_failures.labels(self.database.value).inc()

@@ -24,6 +24,10 @@ Probes: a Host agent's configured TCP port; a Node or Sidecar agent's Pod phase 
 deleted (deletionTimestamp) or gone is a planned removal: its Heartbeat Failure, held back until the probe
 answered, is never written. Alerts go to the operational DB under the sources in `ALERT_SOURCES` and are resolved
 (254) when heartbeats return. The Agent's heartbeat status and conditions follow through `AgentStatusWriter`.
+
+Health: the watching server also writes the Agent's `status.health` (one writer per Agent), from the monitor states
+in `AgentHealthBook` (read back from the operational DB when it takes the agent, then fed with the state changes its
+own ingest commits) and `decided_health`'s rules (Unknown while not approved, in maintenance or heartbeat lost).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from typing import Any
 
 import asyncpg
 
-from opsmgr.api.agent import Agent, Approval, Connection
-from opsmgr.db.model import AlertPriority, AlertSeverity
+from opsmgr.api.agent import Agent, Approval, Connection, HeartbeatState
+from opsmgr.db.health_model import decided_health
+from opsmgr.db.model import AlertPriority, AlertSeverity, Batch, StateChange
+from opsmgr.db.monitor_states import latest_states
 from opsmgr.db.presence import (
     PresenceRow,
     active_alerts,
@@ -51,6 +57,7 @@ from opsmgr.db.presence import (
     resolve_agent_alert,
 )
 from opsmgr.kubeio.kube import Kube, KubeError
+from opsmgr.server.agent_health import AgentHealthBook
 from opsmgr.server.agent_status import AgentStatusWriter, ObservedAgent
 from opsmgr.server.fleet import watcher_of
 from opsmgr.server.heartbeat_watcher import (
@@ -170,6 +177,7 @@ class WatcherService:
         self.kube = kube
         self.status = status
         self.watcher = HeartbeatWatcher(default_interval=interval, default_threshold=threshold)
+        self.health = AgentHealthBook()
         self.raised = 0
         self.resolved = 0
         self._dirty: dict[str, AgentPresence] = {}
@@ -205,6 +213,12 @@ class WatcherService:
             self._observe(agent)
         self._wake.set()
 
+    def batch_committed(self, batch: Batch) -> None:
+        """The operational DB committed a batch here: its state changes move the health of an agent we watch."""
+        changes = [item for item in batch.items if isinstance(item, StateChange)]
+        if changes and self.health.committed(batch.agent, changes):
+            self._observe(batch.agent)
+
     # --- the loop ---
 
     async def run(self) -> None:
@@ -216,6 +230,7 @@ class WatcherService:
                     await self._refresh(now)
                     if self.fleet_known():
                         self.ready.set()
+                    await self._read_health(now)
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("watcher refresh failed", extra={"fields": {"error": str(exc)}})
                 last_refresh = now
@@ -314,12 +329,15 @@ class WatcherService:
                 self._take(agent, now)
             elif not mine and agent in self.watcher:
                 self.watcher.forget(agent)
+                self.health.drop(agent)
                 self._held.pop(agent, None)
             elif mine:
                 self._tune(agent, now)
         for agent in self.watcher.agents():
             if self.catalog is not None and not self._approved(agent):
+                self._observe(agent)  # its last word: health Unknown, as an agent that is not approved has
                 self.watcher.forget(agent)  # deleted, rejected or back to pending
+                self.health.drop(agent)
 
     def _take(self, agent: str, now: float) -> None:
         found = self.catalog.get(agent) if self.catalog is not None else None
@@ -331,6 +349,7 @@ class WatcherService:
         self.watcher.watch(agent, now, last_heartbeat=min(last, now), interval=settings.interval,
                            threshold=settings.threshold, open_alerts=frozenset(self._active.get(agent, ())))
         self.watcher.set_maintenance(agent, settings.in_maintenance, now)
+        self.health.take(agent, now)
         if row is not None and not row.connected and row.goodbye_at is not None:
             self.watcher.goodbye(agent, now)
         self._observe(agent)
@@ -366,6 +385,17 @@ class WatcherService:
                  if agent in self.watcher and self.watcher.status(agent) is HeartbeatStatus.OK
                  for name in names - self.watcher.open_alerts(agent)]
         await self._apply([AlertResolved(agent, name, now) for agent, name in stale])
+
+    async def _read_health(self, now: float) -> None:
+        """Read back the monitor states of the agents we took over (and once more after they settled)."""
+        agents = self.health.reads_due(now)
+        if not agents:
+            return
+        async with (await self.pool()).acquire() as conn:
+            found = await latest_states(conn, agents)
+        for agent in agents:
+            if self.health.read(agent, found.get(agent, ()), now):
+                self._observe(agent)
 
     # --- carrying out the watcher's decisions ---
 
@@ -455,5 +485,8 @@ class WatcherService:
             server, last, queue = row.server, row.last_heartbeat_at or row.connected_at, None
         else:
             connection, server, last, queue = Connection.NEVER_CONNECTED, None, None, None
+        maintenance = found.spec.in_maintenance(datetime.now(UTC))
+        health = decided_health(self.health.rollup(agent), approval=found.status.approval,
+                                heartbeat=HeartbeatState(status.value), in_maintenance=maintenance)
         self.status.observe(found.metadata.name or fqdn_of(found), ObservedAgent(
-            status, connection, server, last, queue, found.spec.in_maintenance(datetime.now(UTC))))
+            status, connection, server, last, queue, maintenance, health))

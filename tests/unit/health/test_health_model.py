@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opsmgr.api.agent import Approval, Health, HeartbeatState
+from opsmgr.db.health_model import HealthCategory, HealthModel, agent_health, worst_of
 from opsmgr.db.model import HealthState, StateChange
-from opsmgr.server.health_model import HealthCategory, HealthModel, agent_health, worst_of
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 H, W, C, U = HealthState.HEALTHY, HealthState.WARNING, HealthState.CRITICAL, HealthState.UNKNOWN

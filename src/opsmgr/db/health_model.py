@@ -8,6 +8,9 @@ hides a known state, and a category with no monitored member is Unknown.
 
 The Agent's `status.health` comes from `agent_health`, which also applies the facts that make the rollup
 untrustworthy (not approved, in maintenance, heartbeat lost); heartbeat and connection stay fields of their own.
+
+It lives beside the data model (opsmgr.db) so that both writers and readers of health share one rule: the
+management server that watches an agent writes `status.health` from it, and the console may import it too.
 """
 
 from __future__ import annotations
@@ -142,6 +145,12 @@ class HealthModel:
         return AgentRollup(objects, categories, worst_of(categories.values()))
 
 
+def untrusted(*, approval: Approval, heartbeat: HeartbeatState | None, in_maintenance: bool) -> bool:
+    """Whether the monitors' last states say nothing about the agent now."""
+    return (approval is not Approval.APPROVED or in_maintenance
+            or heartbeat in (HeartbeatState.FAILURE, HeartbeatState.UNREACHABLE))
+
+
 def agent_health(rollup: HealthState, *, approval: Approval, heartbeat: HeartbeatState | None,
                  in_maintenance: bool) -> Health:
     """The Agent's `status.health`.
@@ -150,8 +159,19 @@ def agent_health(rollup: HealthState, *, approval: Approval, heartbeat: Heartbea
     heartbeat is lost (the last states it sent can no longer be trusted, which the console shows greyed out);
     otherwise its monitors' rollup, Unknown until one reports.
     """
-    if approval is not Approval.APPROVED or in_maintenance:
-        return Health.UNKNOWN
-    if heartbeat in (HeartbeatState.FAILURE, HeartbeatState.UNREACHABLE):
+    if untrusted(approval=approval, heartbeat=heartbeat, in_maintenance=in_maintenance):
         return Health.UNKNOWN
     return HEALTH_OF_STATE[rollup]
+
+
+def decided_health(rollup: HealthState | None, *, approval: Approval, heartbeat: HeartbeatState | None,
+                   in_maintenance: bool) -> Health | None:
+    """`agent_health` when it can be decided now; `rollup` is None while the monitors' states are not read yet.
+
+    Unknown needs no states, so it is decided at once; a rollup-dependent health waits (None: write nothing), so a
+    server taking an agent over never shows Unknown for the moment it takes to read the states back.
+    """
+    if rollup is None:
+        return Health.UNKNOWN if untrusted(approval=approval, heartbeat=heartbeat,
+                                           in_maintenance=in_maintenance) else None
+    return agent_health(rollup, approval=approval, heartbeat=heartbeat, in_maintenance=in_maintenance)
