@@ -15,6 +15,7 @@ management server that watches an agent writes `status.health` from it, and the 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,8 +97,11 @@ class HealthModel:
 
     categories: Mapping[str, HealthCategory] = field(default_factory=dict)
     default_category: HealthCategory = DEFAULT_CATEGORY
-    _readings: dict[tuple[str, str], _MonitorReading] = field(default_factory=dict)
+    # Readings by object, and how many monitors are in each state: a change costs the monitors of its object, not
+    # every monitor of the agent, so reading back an agent with thousands of objects stays linear.
+    _readings: dict[str, dict[str, _MonitorReading]] = field(default_factory=dict)
     _objects: set[str] = field(default_factory=set)
+    _in_state: Counter[HealthState] = field(default_factory=Counter)
 
     def category_of(self, monitor: str) -> HealthCategory:
         return self.categories.get(monitor, self.default_category)
@@ -108,35 +112,38 @@ class HealthModel:
 
     def apply(self, change: StateChange) -> HealthTransition | None:
         """Take one state change; None when it is older than what the monitor already reported (a replay)."""
-        key = (change.object_key, change.monitor)
-        previous = self._readings.get(key)
+        monitors = self._readings.setdefault(change.object_key, {})
+        previous = monitors.get(change.monitor)
         if previous is not None and change.changed_at < previous.changed_at:
             return None
         object_before = self.object_health(change.object_key).overall
         agent_before = self.overall()
         self._objects.add(change.object_key)
-        self._readings[key] = _MonitorReading(change.new_state, change.changed_at)
+        if previous is not None:
+            self._in_state[previous.state] -= 1
+        self._in_state[change.new_state] += 1
+        monitors[change.monitor] = _MonitorReading(change.new_state, change.changed_at)
         return HealthTransition(change.object_key, object_before, self.object_health(change.object_key).overall,
                                 agent_before, self.overall())
 
     def reset(self) -> None:
         """Forget every monitor's state (leaving maintenance): Unknown until the agent reports them afresh."""
         self._readings.clear()
+        self._in_state.clear()
 
     def monitor_state(self, object_key: str, monitor: str) -> HealthState:
-        reading = self._readings.get((object_key, monitor))
+        reading = self._readings.get(object_key, {}).get(monitor)
         return reading.state if reading else HealthState.UNKNOWN
 
     def object_health(self, object_key: str) -> ObjectHealth:
         per_category: dict[HealthCategory, list[HealthState]] = {category: [] for category in HealthCategory}
-        for (key, monitor), reading in self._readings.items():
-            if key == object_key:
-                per_category[self.category_of(monitor)].append(reading.state)
+        for monitor, reading in self._readings.get(object_key, {}).items():
+            per_category[self.category_of(monitor)].append(reading.state)
         categories = {category: worst_of(states) for category, states in per_category.items()}
         return ObjectHealth(object_key, categories, worst_of(categories.values()))
 
     def overall(self) -> HealthState:
-        return worst_of(reading.state for reading in self._readings.values())
+        return worst_of(state for state, count in self._in_state.items() if count > 0)
 
     def rollup(self) -> AgentRollup:
         objects = {key: self.object_health(key) for key in sorted(self._objects)}
