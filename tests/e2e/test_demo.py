@@ -137,9 +137,9 @@ def test_demo_brings_up_three_healthy_agents_in_operator_rendered_pods_and_ctrl_
         for agent in healthy:
             name = agent["metadata"]["name"]
             if agent["spec"]["placement"] == "Sidecar":
-                (owner,) = agent["metadata"]["ownerReferences"]
+                (owner,) = [o for o in agent["metadata"]["ownerReferences"] if o["kind"] == "Pod"]
                 pod = pods[owner["name"]]
-                assert owner["kind"] == "Pod" and pod["metadata"]["annotations"][AGENT_ANNOTATION] == name
+                assert pod["metadata"]["annotations"][AGENT_ANNOTATION] == name
                 sidecar = pod["spec"]["initContainers"][0]  # patched in by the operator's webhook
                 assert sidecar["name"] == SIDECAR and sidecar["image"] == LOCAL_AGENT_IMAGE
                 assert sidecar["restartPolicy"] == "Always"

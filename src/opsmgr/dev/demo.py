@@ -225,9 +225,9 @@ class Demo:
         # Imported here: kubernetes_asyncio is slow to import and only a running demo needs it.
         from opsmgr.dev.runtime import RuntimeSettings, RuntimeThread  # noqa: PLC0415
 
-        runtime_root = self.root / "runtime"
-        self.runtime = RuntimeThread(RuntimeSettings(kubeconfig=self.cluster.kubeconfig, root=runtime_root,
-                                                     namespaces={DEMO_NAMESPACE})).start()
+        self.runtime = RuntimeThread(RuntimeSettings(kubeconfig=self.cluster.kubeconfig, root=self.root / "runtime",
+                                                     namespaces={DEMO_NAMESPACE}))
+        self.runtime.start()  # kept before it is up, so a start that times out is still stopped
 
     def create_namespace(self) -> None:
         self.cluster.kubectl("create", "namespace", DEMO_NAMESPACE)
