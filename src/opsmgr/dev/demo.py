@@ -210,6 +210,7 @@ class Demo:
         self.say(f"control plane up at {self.cluster.server}; starting the local runtime (node `local`)")
         self.start_runtime()
         self.say("installing the CRDs and the operator's RBAC; starting the operator as its ServiceAccount")
+        (self.root / "operator").mkdir(exist_ok=True)
         self.operator = start_operator(self.cluster, self.root / "operator")
         register_injection_webhook(self.cluster, self.operator)
         self.create_namespace()
