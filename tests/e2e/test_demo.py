@@ -3,6 +3,7 @@ to reach everything, and Ctrl-C leaves nothing behind: no process, no directory,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from opsmgr.dev.local_operator import LOCAL_AGENT_IMAGE
@@ -88,6 +90,14 @@ def kubectl(kubectl_bin: str, kubeconfig: str, *args: str) -> Any:
     return json.loads(out)
 
 
+async def connected_agents(dsn: str) -> set[str]:
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return {r["agent"] for r in await connection.fetch("SELECT agent FROM agent_presence WHERE connected")}
+    finally:
+        await connection.close()
+
+
 def running(pod: dict[str, Any], container: str) -> bool:
     status = pod.get("status") or {}
     statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
@@ -117,7 +127,8 @@ def test_demo_brings_up_three_healthy_agents_in_operator_rendered_pods_and_ctrl_
         kubeconfig, bin_dir = exports.groups()
         root = kubeconfig.removesuffix("/kubernetes/kubeconfig")
         assert f"kubectl get agents -n {NAMESPACE}" in printed
-        assert re.search(r"OperationalDB:\s+psql postgresql://\S+/operational$", printed, re.MULTILINE), printed
+        operational = re.search(r"OperationalDB:\s+psql (postgresql://\S+/operational)$", printed, re.MULTILINE)
+        assert operational is not None, printed
         assert re.search(r"DataWarehouse:\s+psql postgresql://\S+/warehouse$", printed, re.MULTILINE), printed
 
         # What a person sees with the printed KUBECONFIG, as JSON.
@@ -159,6 +170,10 @@ def test_demo_brings_up_three_healthy_agents_in_operator_rendered_pods_and_ctrl_
             logs = sorted(Path(root, "runtime", "pods").glob(f"{NAMESPACE}_{pod['metadata']['name']}_*/logs/"
                                                             f"{container}/*.log"))
             assert logs, f"the local runtime ran no {container} process for Pod {pod['metadata']['name']}"
+
+        # The printed database line reaches the group's embedded PostgreSQL, where the agents are present.
+        present = asyncio.run(connected_agents(operational.group(1)))
+        assert {a["spec"]["fqdn"] for a in healthy} <= present, present
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGINT)  # Ctrl-C at a terminal reaches the whole foreground group

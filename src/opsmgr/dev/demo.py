@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import threading
@@ -183,6 +184,7 @@ class Demo:
     manifests: DemoManifests
     runtime: RuntimeThread | None = None
     operator: RunningOperator | None = None
+    runtime_log: logging.Handler | None = None
     progress: Callable[[str], None] = print
     started: float = field(default_factory=time.monotonic)
 
@@ -226,7 +228,16 @@ class Demo:
         # Imported here: kubernetes_asyncio is slow to import and only a running demo needs it.
         from opsmgr.dev.runtime import RuntimeSettings, RuntimeThread  # noqa: PLC0415
 
-        self.runtime = RuntimeThread(RuntimeSettings(kubeconfig=self.cluster.kubeconfig, root=self.root / "runtime",
+        runtime_root = self.root / "runtime"
+        runtime_root.mkdir(exist_ok=True)
+        # What a kubelet would put in events (a Secret not there yet, a restart) goes to a log, not the terminal.
+        handler = self.runtime_log = logging.FileHandler(runtime_root / "runtime.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        runtime_log = logging.getLogger("opsmgr.dev.runtime")
+        runtime_log.addHandler(handler)
+        runtime_log.setLevel(logging.INFO)
+        runtime_log.propagate = False
+        self.runtime = RuntimeThread(RuntimeSettings(kubeconfig=self.cluster.kubeconfig, root=runtime_root,
                                                      namespaces={DEMO_NAMESPACE}))
         self.runtime.start()  # kept before it is up, so a start that times out is still stopped
 
@@ -307,7 +318,8 @@ class Demo:
             f"  OperationalDB:   psql {uris['operational']}",
             f"  DataWarehouse:   psql {uris['warehouse']}",
             f"  logs:            operator {operator_log}; control plane {self.cluster.directory}/*.log;",
-            f"                   Pods {runtime_root}/pods/<namespace>_<pod>_<uid>/logs/<container>/",
+            f"                   runtime {runtime_root}/runtime.log; "
+            f"Pods {runtime_root}/pods/<namespace>_<pod>_<uid>/logs/<container>/",
             "",
             agents,
             "",
@@ -323,6 +335,10 @@ class Demo:
         if self.runtime is not None:
             self.runtime.stop()
             self.runtime = None
+        if self.runtime_log is not None:
+            logging.getLogger("opsmgr.dev.runtime").removeHandler(self.runtime_log)
+            self.runtime_log.close()
+            self.runtime_log = None
         self.cluster.stop()
 
 
