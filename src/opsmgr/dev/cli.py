@@ -6,7 +6,6 @@ import asyncio
 import logging
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import click
 
 from opsmgr.dev.cluster import ClusterError, LocalCluster, running_state, stop_detached
-from opsmgr.dev.demo import Demo, create_databases, install_resources, opsmgr
+from opsmgr.dev.demo import AGENTS_TIMEOUT_SECONDS, running_demo
 from opsmgr.dev.postgres import LocalPostgres, PostgresUnavailable
 
 
@@ -99,37 +98,34 @@ def cluster_env(directory: Path) -> None:
 
 @dev.command("demo")
 @click.option("--exit-when-ready", is_flag=True,
-              help="Start everything, print how to reach it, then stop (a smoke test of the demo).")
-def demo(exit_when_ready: bool) -> None:
-    """Run the system locally on its embedded default (what `make demo` runs)."""
+              help="Stop and remove everything once the agents are Healthy and the summary is printed (for scripts).")
+@click.option("--timeout", type=click.IntRange(30, 3600), default=int(AGENTS_TIMEOUT_SECONDS), show_default=True,
+              help="Seconds to wait for the agents to become Healthy with fresh heartbeats.")
+def demo(exit_when_ready: bool, timeout: int) -> None:
+    """Run the whole system locally on its embedded default (what `make demo` runs); Ctrl-C stops everything."""
     root = Path(tempfile.mkdtemp(prefix="opsmgr-demo-"))
-    root.chmod(0o755)  # PostgreSQL runs as its own account when we are root and must reach its directory
-    local_demo: Demo | None = None
+    ready = False
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a `kill` stops the demo as cleanly as Ctrl-C
     try:
-        try:
-            postgres = LocalPostgres(root / "postgres")
-            postgres.start()
-            local_demo = Demo(postgres, LocalCluster(root / "kubernetes"))
-            asyncio.run(create_databases(postgres))
-            opsmgr("db", "migrate", "--operational-dsn", local_demo.database_dsn("operational"),
-                   "--warehouse-dsn", local_demo.database_dsn("warehouse"))
-            local_demo.cluster.start()
-            install_resources(local_demo)
-        except (PostgresUnavailable, ClusterError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        except subprocess.CalledProcessError as exc:
-            raise click.ClickException(f"`{' '.join(exc.cmd[2:])}` failed: {exc.stderr.strip()}") from exc
-        click.echo(local_demo.summary())
-        if not exit_when_ready:
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
-    finally:
-        if local_demo is not None:
-            local_demo.cluster.stop()
-            local_demo.postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        with running_demo(root, progress=click.echo) as local:
+            local.start(timeout)
+            ready = True
+            click.echo(local.summary())
+            if not exit_when_ready:
+                click.echo("Ctrl-C stops everything.")
+                while True:
+                    signal.pause()
+    except KeyboardInterrupt:
+        if not ready:
+            click.echo("stopped before the agents were ready; nothing is left running")
+            raise SystemExit(130) from None
+    except (ClusterError, PostgresUnavailable, RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        raise click.ClickException(f"{exc}\nlogs kept in {root} (remove it with `rm -rf {root}`)") from exc
+    click.echo("stopped; nothing is left running")
 
 
 @dev.command("runtime")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from opsmgr.dev.cluster import LocalCluster
+from opsmgr.dev.local_operator import INJECTION_CONFIGURATION, register_injection_webhook
 from opsmgr.operator.render_agents import INJECT_LABEL
 from tests.integration.api.conftest import Kubectl
 from tests.integration.operator.conftest import (
@@ -22,29 +23,7 @@ from tests.integration.operator.conftest import (
 from tests.integration.operator.conftest import kubectl as kubectl  # noqa: PLC0414 (the fixture, shared)
 from tests.integration.operator.conftest import operator as operator  # noqa: PLC0414 (the fixture, shared)
 
-CONFIGURATION = "opsmgr-sidecar-injection"  # the name the operator's RBAC lets it write the caBundle of
-
-
-def webhook_configuration(url: str) -> dict[str, Any]:
-    """The chart's MutatingWebhookConfiguration, pointed at a URL: the operator runs on this machine, not as a Pod."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": CONFIGURATION},
-        "webhooks": [{
-            "name": "sidecar-injection.opsmgr.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Ignore", "timeoutSeconds": 5, "reinvocationPolicy": "Never",
-            "clientConfig": {"url": url},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
-                       "scope": "Namespaced"}],
-            "objectSelector": {"matchExpressions": [
-                {"key": INJECT_LABEL, "operator": "In", "values": ["true"]},
-                {"key": "app.kubernetes.io/managed-by", "operator": "NotIn", "values": ["opsmgr-operator"]}]},
-        }],
-    }
-
-
-def webhook_url(operator: RunningOperator) -> str:
-    return f"https://127.0.0.1:{operator.webhook_port}/inject-agent"
+CONFIGURATION = INJECTION_CONFIGURATION
 
 
 def probe_pod(name: str = "probe") -> dict[str, Any]:
@@ -67,16 +46,8 @@ def dry_run(kubectl: Kubectl, document: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def injection_webhook(operator: RunningOperator, kube_cluster: LocalCluster) -> Iterator[str]:
     """The webhook registered; yields its URL once the operator wrote its CA into the caBundle."""
-    kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
-                         input=json.dumps(webhook_configuration(webhook_url(operator))))
-
-    def bundled() -> bool:
-        found = json.loads(kube_cluster.kubectl("get", "mutatingwebhookconfiguration", CONFIGURATION,
-                                                "-o", "json").stdout)
-        return bool(found["webhooks"][0]["clientConfig"].get("caBundle"))
-
-    eventually(bundled, timeout=60, what=f"the operator wrote the caBundle of {CONFIGURATION}")
-    yield webhook_url(operator)
+    register_injection_webhook(kube_cluster, operator)
+    yield operator.webhook_url
     kube_cluster.kubectl("delete", "mutatingwebhookconfiguration", CONFIGURATION, "--ignore-not-found")
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from opsmgr.api import Agent, Gateway, ManagementGroup
+from opsmgr.api.agent import Connection, Health
 from opsmgr.operator import render
 from opsmgr.operator.names import CONFIG_HASH_ANNOTATION, GROUP_LABEL, GroupNames, bounded
+from opsmgr.server.agent_status import ObservedAgent, status_patch
+from opsmgr.server.config import WatcherConfig
+from opsmgr.server.heartbeat_watcher import HeartbeatStatus
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 UID = "0b6f2d9e-0000-4000-8000-000000000001"
@@ -87,6 +92,24 @@ def test_server_config_matches_the_servers_config_file_and_names_files_relative_
     files = render.decode(secret)
     assert sorted(files) == ["production-server-0.yaml", "production-server-1.yaml"]
     assert yaml.safe_load(files["production-server-1.yaml"]) == config
+
+
+def test_servers_write_every_heartbeat_so_the_last_heartbeat_shown_stays_younger_than_two_intervals() -> None:
+    uris = render.DatabaseUris("postgresql://u:p@db/operational", "postgresql://u:p@db/warehouse")
+    watcher = WatcherConfig.model_validate(render.server_config(group(), "production-server-0", uris)["watcher"])
+    interval = group().spec.heartbeat.interval_seconds
+    every = timedelta(seconds=watcher.status_heartbeat_seconds)
+    stored: dict[str, Any] = {}
+    start = datetime(2026, 1, 1, 12, 0, 0, 700000, tzinfo=UTC)
+    for beat in range(20):
+        # Heartbeats a little early, as a busy agent's or a skewed clock's are.
+        at = start + timedelta(seconds=beat * interval - beat * 0.05)
+        observed = ObservedAgent(heartbeat=HeartbeatStatus.OK, connection=Connection.CONNECTED, server="s-0",
+                                 last_heartbeat=at, queue=None, maintenance=False, health=Health.HEALTHY)
+        stored |= status_patch(stored, observed, at, heartbeat_every=every)
+        shown = datetime.fromisoformat(stored["lastHeartbeatTime"].replace("Z", "+00:00"))
+        # Just before the next heartbeat arrives the status is at its oldest.
+        assert (at + timedelta(seconds=interval) - shown).total_seconds() < 2 * interval - 5, beat
 
 
 def test_the_ca_secret_is_not_owned_so_deleting_the_group_keeps_the_trust_root() -> None:
