@@ -21,6 +21,7 @@ from opsmgr.api import ManagementGroup
 from opsmgr.kubeio.kube import Kube
 from opsmgr.operator.render import render_server_access
 from opsmgr.protocol import agent_channel_pb2 as pb
+from tests.integration.health.test_notifications import serve
 from tests.integration.server.client import AgentStream, Credentials, channel, stamp
 from tests.integration.server.conftest import GROUP
 from tests.integration.watcher.conftest import Fleet, create_agents, fqdn, until
@@ -45,15 +46,8 @@ async def alertmanager() -> AsyncIterator[tuple[Alertmanager, str]]:
     receiver = Alertmanager()
     app = web.Application()
     app.router.add_post("/api/v2/alerts", receiver.alerts)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield receiver, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as url:
+        yield receiver, url
 
 
 async def create_group(kube: Kube, namespace: str, spec: dict[str, Any]) -> None:
