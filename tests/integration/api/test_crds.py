@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -26,5 +27,12 @@ def test_crd_is_established_with_no_schema_complaints(opsmgr_crds: LocalCluster,
     ("managementpacks.spec.rules.performance.optimizedCollection.maximumSampleSeparation", "at least every"),
 ])
 def test_kubectl_explain_shows_the_field_descriptions(opsmgr_crds: LocalCluster, field: str, says: str) -> None:
-    output = opsmgr_crds.kubectl("explain", field).stdout
-    assert says in " ".join(output.split())
+    # The API server publishes a new CRD's OpenAPI schema a little after Established: ask again for a while.
+    deadline = time.monotonic() + 30
+    while True:
+        done = opsmgr_crds.kubectl("explain", field, check=False)
+        output = " ".join(done.stdout.split())
+        if says in output or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert says in output, done.stderr
