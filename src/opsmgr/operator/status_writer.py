@@ -1,10 +1,11 @@
 """Writing status only when a decision changed, as a guarded merge patch of the fields the operator owns, and a
-Kubernetes Event for every condition that changed status.
+Kubernetes Event for what changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -52,9 +53,30 @@ async def write_status(kube: Kube, body: Mapping[str, Any], patch: Mapping[str, 
     return True
 
 
-def announce(body: Mapping[str, Any], changed: Iterable[Condition]) -> None:
-    """One Event per changed condition: Normal when it became True, Warning when False."""
-    for condition in changed:
-        kind = "Normal" if condition.status is ConditionStatus.TRUE else "Warning"
-        message = f"{condition.type} is {condition.status.value}: {condition.message}"[:1024]
-        kopf.event(cast(Any, body), type=kind, reason=condition.reason, message=message)
+@dataclass(frozen=True)
+class Announcement:
+    type: str
+    reason: str
+    message: str
+
+
+def announcements(changed: Sequence[Condition]) -> list[Announcement]:
+    """The Events for one pass's changed conditions: one Warning per condition that became False or Unknown, and a
+    single Normal for all that became True. A new Agent turns four conditions True at once; four Events each for
+    10,000 Agents flooded the API server (429s) and queued in the operator, one says the same.
+    """
+    became_true = [c for c in changed if c.status is ConditionStatus.TRUE]
+    found = [Announcement("Warning", c.reason, f"{c.type} is {c.status.value}: {c.message}"[:1024])
+             for c in changed if c.status is not ConditionStatus.TRUE]
+    if became_true:
+        # Ready speaks for the object; otherwise the first condition that changed names the Event.
+        lead = next((c for c in became_true if c.type == "Ready"), became_true[0])
+        ordered = [lead, *(c for c in became_true if c is not lead)]
+        message = "; ".join(f"{c.type} is True: {c.message}" for c in ordered)
+        found.insert(0, Announcement("Normal", lead.reason, message[:1024]))
+    return found
+
+
+def announce(body: Mapping[str, Any], changed: Sequence[Condition]) -> None:
+    for announcement in announcements(changed):
+        kopf.event(cast(Any, body), type=announcement.type, reason=announcement.reason, message=announcement.message)

@@ -9,7 +9,7 @@ import pytest
 
 from opsmgr.api.agent import Approval
 from opsmgr.api.agent_task import AgentTaskSpec, ChildTaskCounts, TaskPhase
-from opsmgr.api.conditions import ConditionStatus
+from opsmgr.api.conditions import Condition, ConditionStatus
 from opsmgr.api.management_group import ApprovalPolicy, DatabaseMode
 from opsmgr.api.management_pack import ManagementPackSpec, Task, TaskParameter
 from opsmgr.api.pack_validation import pack_problems
@@ -26,7 +26,7 @@ from opsmgr.operator.readiness import (
     databases_verdict,
     servers_verdict,
 )
-from opsmgr.operator.status_writer import status_patch
+from opsmgr.operator.status_writer import announcements, status_patch
 from opsmgr.operator.task_fanout import child_spec, parent_phase, sum_children, task_problems, timed_out
 
 SERVERS = ["g-server-0", "g-server-1", "g-server-2"]
@@ -233,3 +233,18 @@ def test_children_sum_up_into_the_parents_phase() -> None:
     assert parent_phase(sum_children([TaskPhase.PENDING] * 2)) is TaskPhase.PENDING
     assert parent_phase(ChildTaskCounts()) is TaskPhase.FAILED
     assert Counter(phases)[TaskPhase.SUCCEEDED] == 1
+
+
+def test_a_new_agent_turning_every_condition_true_is_one_event_and_each_failure_its_own_warning() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    true = [Condition(type=t, status=ConditionStatus.TRUE, reason=r, message=m, last_transition_time=now)
+            for t, r, m in (("Approved", "AutoApproved", "approved by policy"), ("Assigned", "Assigned", "server-0"),
+                            ("Ready", "AllReady", "all ready"))]
+    failed = Condition(type="CertificateIssued", status=ConditionStatus.FALSE, reason="CANotReady",
+                       message="the CA Secret is missing", last_transition_time=now)
+    made = announcements([*true, failed])
+    assert [(a.type, a.reason) for a in made] == [("Normal", "AllReady"), ("Warning", "CANotReady")]
+    assert made[0].message == ("Ready is True: all ready; Approved is True: approved by policy; "
+                               "Assigned is True: server-0")
+    assert made[1].message == "CertificateIssued is False: the CA Secret is missing"
+    assert announcements([]) == []
