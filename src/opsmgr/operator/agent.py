@@ -179,7 +179,9 @@ async def _write(context: OperatorContext, body: Mapping[str, Any], agent: Agent
 
 
 def _is_pending(*, status: kopf.Status, **_: Any) -> bool:
-    return bool(status.get("approval", "Pending") == "Pending")
+    # Only an Agent the create/resume handler has judged Pending: one it has not reached yet (a backlog of new
+    # Agents) is that handler's, and a timer racing it would issue a second certificate and patch in conflict.
+    return bool(status.get("approval") == "Pending")
 
 
 @kopf.on.resume(GROUP, VERSION, "agents")
@@ -219,7 +221,8 @@ async def agent_deleted(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **_:
 
 async def _guarded(context: OperatorContext, body: Mapping[str, Any], groups_index: Any) -> None:
     try:
-        await reconcile(context, body, groups_index)
+        async with context.agent_reconciles:
+            await reconcile(context, body, groups_index)
     except KubeError as error:
         raise kopf.TemporaryError(str(error), delay=1 if error.conflict else 10) from None
 

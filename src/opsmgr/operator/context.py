@@ -15,6 +15,10 @@ DEFAULT_IMAGE = "ghcr.io/opsmgr/opsmgr:0.1.0"
 DEFAULT_POSTGRES_IMAGE = "postgres:16"
 # Agents of one group issue from the same CA; re-reading its Secret for each of thousands of agents is waste.
 CA_CACHE_SECONDS = 30.0
+# Agent reconciles in flight at once. kopf runs one worker per object without a limit (see main.startup), so 10,000
+# new Agents started 10,000 reconciles together: each held its parsed group and Agent while waiting for the API
+# server, the operator grew past 1 GB, and the API server answered 429. A few dozen keep the connection pool busy.
+AGENT_RECONCILES = 32
 
 
 @dataclass
@@ -23,6 +27,7 @@ class OperatorContext:
     image: str = DEFAULT_IMAGE
     postgres_image: str = DEFAULT_POSTGRES_IMAGE
     locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
+    agent_reconciles: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(AGENT_RECONCILES))
     _cas: dict[Hashable, tuple[float, CertificateAuthority]] = field(default_factory=dict)
 
     def lock(self, key: Hashable) -> asyncio.Lock:

@@ -37,6 +37,7 @@ HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, manage
 # Connections to the API server; handlers beyond this wait for one. (Key pairs are made in the default thread pool,
 # so they are bounded by its threads, not by the number of handlers.)
 API_CONNECTIONS = 64
+EVENT_POSTERS = 8
 
 
 async def _api_client() -> kube_client.ApiClient:
@@ -64,6 +65,9 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.INFO
+    # Events are posted by kopf's own client, outside our connection pool; unbounded, a burst of new Agents posted
+    # thousands at once and crowded the API server into 429s for the handlers' own requests.
+    settings.posting.worker_limit = EVENT_POSTERS
     # No limit on kopf's per-object workers: handlers wait until every index holds the whole initial listing, and
     # indexing runs in those same workers, so a restart that found more Agents than the limit deadlocked (the
     # first workers waited for an index that the queued rest never filled). API calls are bounded by the pool.
