@@ -196,3 +196,22 @@ def test_long_names_are_cut_with_a_hash_and_stay_distinct() -> None:
     assert len(bounded(long)) == 63 and bounded(long) != bounded("a" * 69 + "b")
     names = GroupNames("g" * 63, "ops")
     assert len(names.server_pod(63)) <= 63
+
+
+def test_the_directory_is_applied_again_only_when_the_cluster_copy_is_missing_edited_or_out_of_date() -> None:
+    desired = render.render_directory_config_map(group(), [("a.example.com", "Approved")], [])
+    live = {**desired, "metadata": {**desired["metadata"], "resourceVersion": "7",
+                                    "labels": {**desired["metadata"]["labels"], "added-by": "someone"}}}
+    assert render.config_map_current(live, desired)
+    assert not render.config_map_current(None, desired)
+    assert not render.config_map_current({**live, "data": {render.DIRECTORY_FILE: "agents: []\n"}}, desired)
+    unlabelled = {**live, "metadata": {**live["metadata"], "labels": {}}}
+    assert not render.config_map_current(unlabelled, desired)
+    orphaned = {**live, "metadata": {**live["metadata"], "ownerReferences": []}}
+    assert not render.config_map_current(orphaned, desired)
+    newer = render.render_directory_config_map(group(), [("a.example.com", "Approved"), ("b.example.com", "Pending")],
+                                               [])
+    assert not render.config_map_current(live, newer)
+    # The text is what the pure-Python dumper wrote before: servers read both the same way.
+    assert yaml.safe_load(desired["data"][render.DIRECTORY_FILE]) == {
+        "agents": [{"fqdn": "a.example.com", "approval": "Approved"}], "gateways": []}
