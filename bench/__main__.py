@@ -25,6 +25,7 @@ PLAN: dict[str, dict[str, list[str] | None]] = {
     "bench_ingest": {"short": ["--batches", "50", "--runs", "3"], "full": []},
     "bench_server_ingest": {"short": ["--batches", "20", "--runs", "3"], "full": []},
     "bench_agent_collection": {"short": ["--seconds", "20", "--warmup", "5"], "full": []},
+    "bench_agent_imports": {"short": [], "full": []},
     "bench_operator": {"short": ["100"], "full": []},
     "bench_fleet": {"short": ["--agents", "1000", "--heartbeat-seconds", "10", "--batch-seconds", "10",
                               "--steady-seconds", "30", "--runs", "3"],

@@ -146,6 +146,9 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         json_schema_extra=_add_cel_rules,
+        # Validators are built when a model first validates or dumps, not at import: the agent validates only
+        # management packs and never pays for ManagementGroup's (issue 9: its RSS budget).
+        defer_build=True,
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()

@@ -1,0 +1,56 @@
+"""The agent's memory budget (issue 9: RSS <= 50 MB) is mostly what it imports, so guard the causes, not a figure.
+
+A fresh interpreter resolves `opsmgr agent` the way the command line does and applies a management pack as a
+Welcome would; what it then holds must not include the other components' libraries, the custom-resource kinds
+the agent never reads, or validators of models it never validates. The memory figures themselves come from
+`bench/bench_agent_collection.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+PROBE = r"""
+import json, sys
+from opsmgr.cli import main
+main.get_command(None, "agent")  # what `opsmgr agent` imports before it runs
+from opsmgr.agent.packs import plan_from_json
+pack = {"metadata": {"name": "p"}, "spec": {"managementGroupRef": {"name": "g"}, "version": "1.0", "rules": [
+    {"name": "cpu", "performance": {"object": "Processor", "counter": "% Processor Time", "instance": "_Total",
+                                    "intervalSeconds": 10}}]}}
+plan = plan_from_json(json.dumps([pack]).encode(), {})
+from opsmgr.api.management_group import ManagementGroup
+print(json.dumps({"rules": len(plan.rules), "modules": sorted(sys.modules),
+                  "management_group_built": ManagementGroup.__pydantic_complete__}))
+"""
+
+# Libraries of the operator, server, gateway and console: tens of MB the agent must never load.
+OTHER_COMPONENTS_LIBRARIES = ("kopf", "kubernetes_asyncio", "aiohttp", "asyncpg", "prometheus_client", "jinja2")
+OTHER_COMPONENTS = ("opsmgr.server", "opsmgr.operator", "opsmgr.gateway", "opsmgr.db", "opsmgr.console", "opsmgr.dev")
+# Kinds the agent never reads, and enrollment, which runs as its own command before the agent starts.
+UNUSED_HERE = ("opsmgr.api.agent", "opsmgr.api.gateway", "opsmgr.api.agent_task", "opsmgr.agent.enroll",
+               "opsmgr.protocol.enrollment_pb2")
+
+
+def agent_process() -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_the_agent_loads_no_other_component_and_no_kind_it_never_reads() -> None:
+    probe = agent_process()
+    assert probe["rules"] == 1  # the pack was really applied, so its validation ran
+    modules = probe["modules"]
+    assert isinstance(modules, list)
+    loaded = [m for m in modules if m.split(".")[0] in OTHER_COMPONENTS_LIBRARIES
+              or m.startswith(tuple(f"{c}." for c in OTHER_COMPONENTS)) or m in OTHER_COMPONENTS or m in UNUSED_HERE]
+    assert loaded == []
+
+
+def test_the_agent_builds_no_validator_for_the_management_group_it_only_takes_an_enum_from() -> None:
+    # management_pack imports AlertSeverity from management_group; building that model's validator at import
+    # cost the agent memory for a resource it never parses.
+    assert agent_process()["management_group_built"] is False
