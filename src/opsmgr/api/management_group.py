@@ -37,6 +37,8 @@ from opsmgr.api.conditions import ResourceStatus
 AGENT_PORT = 5723
 HEARTBEAT_INTERVAL_SECONDS = 60
 MISSED_HEARTBEAT_THRESHOLD = 4
+# 10,000 agents heartbeating every 60 s would be 167 status writes a second if each heartbeat were written.
+STATUS_UPDATE_SECONDS = 180
 
 
 class ManagementGroupConditionType(StrEnum):
@@ -117,6 +119,10 @@ class HeartbeatSpec(ApiModel):
     """Seconds between an agent's heartbeats."""
     missed_threshold: int = Field(default=MISSED_HEARTBEAT_THRESHOLD, ge=1, le=100)
     """Missed heartbeats in a row before the alert is raised and the computer is probed."""
+    status_update_seconds: int = Field(default=STATUS_UPDATE_SECONDS, ge=5, le=3600)
+    """Seconds between the servers' writes of an Agent's status.lastHeartbeatTime while nothing else changes (a
+    missed heartbeat, a new connection or health is written at once). Lower it below intervalSeconds on a small
+    group to keep LAST-HEARTBEAT within one interval; each write is an API request per agent."""
 
 
 class GeneratedAuthority(ApiModel):

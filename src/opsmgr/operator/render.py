@@ -273,10 +273,8 @@ def server_config(group: ManagementGroup, pod: str, uris: DatabaseUris) -> dict[
         "revocations": {"file": REVOCATIONS_FILE},
         "directory": {"file": DIRECTORY_FILE},
         "heartbeat_interval_seconds": group.spec.heartbeat.interval_seconds,
-        # lastHeartbeatTime is written with every heartbeat (at most every half interval), so `kubectl get agents`
-        # never shows a healthy agent's last heartbeat older than two intervals.
         "watcher": {"missed_threshold": group.spec.heartbeat.missed_threshold,
-                    "status_heartbeat_seconds": group.spec.heartbeat.interval_seconds / 2},
+                    "status_heartbeat_seconds": group.spec.heartbeat.status_update_seconds},
         # The servers watch the group's Agents, packs and tasks and hold their fleet Leases here, in-cluster.
         "kubernetes": {"namespace": names.namespace, "member": pod},
         "enrollment": {"port": ENROLLMENT_PORT, "ca_secret": names.ca_secret},
