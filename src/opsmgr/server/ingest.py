@@ -4,6 +4,10 @@ The operational DB never waits for the warehouse because they share nothing: sep
 A pipeline's bound is in items (admitted and not yet committed); `submit` waits for room, which is how a full
 database stops the server reading from agents (gRPC flow control does the rest). The warehouse pipeline can also
 refuse instead of waiting once it is stalled, so a frozen warehouse never stops priority batches (DESIGN.md 4).
+
+Batches read while their pipeline is full wait in the `BatchParking`, under one server-wide byte budget, so a
+stream is read on past them: the heartbeats behind a batch are not held up by its wait. Only when the budget is
+spent does a stream stop being read, and gRPC's flow control stops its agent as before.
 """
 
 from __future__ import annotations
@@ -270,6 +274,55 @@ class IngestPipeline:
             self._used -= sum(s.weight for s in group)
             self._gauge.set(self._used)
             self._room.notify_all()
+
+
+def may_park(parked_bytes: int, size: int, budget_bytes: int) -> bool:
+    """Whether a batch of `size` wire bytes may wait beside those parked already: within the budget, or alone
+    (a batch larger than the whole budget would otherwise never be read)."""
+    return parked_bytes == 0 or parked_bytes + size <= budget_bytes
+
+
+class BatchParking:
+    """The server-wide byte budget for batches read and not yet admitted to a pipeline; first come, first served."""
+
+    def __init__(self, budget_bytes: int, metrics: ServerMetrics) -> None:
+        self.budget_bytes = budget_bytes
+        self.parked_bytes = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._gauge = metrics.parked_batch_bytes
+
+    async def park(self, size: int) -> None:
+        """Take `size` bytes of the budget, waiting until they fit; each caller gives them back with `leave`."""
+        if not self._waiting and may_park(self.parked_bytes, size, self.budget_bytes):
+            self._take(size)
+            return
+        turn = (size, asyncio.get_running_loop().create_future())
+        self._waiting.append(turn)
+        try:
+            await turn[1]
+        except asyncio.CancelledError:
+            if turn[1].done() and not turn[1].cancelled():
+                self.leave(size)  # granted just as the stream went: give it to the next in line
+            else:
+                self._waiting.remove(turn)
+                self._grant()  # the next in line may fit where this one did not
+            raise
+
+    def leave(self, size: int) -> None:
+        self.parked_bytes -= size
+        self._gauge.set(self.parked_bytes)
+        self._grant()
+
+    def _take(self, size: int) -> None:
+        self.parked_bytes += size
+        self._gauge.set(self.parked_bytes)
+
+    def _grant(self) -> None:
+        # In arrival order: a large batch is never passed over for ever by smaller ones behind it.
+        while self._waiting and may_park(self.parked_bytes, self._waiting[0][0], self.budget_bytes):
+            size, granted = self._waiting.popleft()
+            self._take(size)
+            granted.set_result(None)
 
 
 def _resolve(future: asyncio.Future[CommitResult], outcome: CommitResult | BaseException) -> None:
