@@ -197,10 +197,12 @@ class ReplayWorker:
             outcome.last_error = state.last_error
             interval = self.spec.heartbeat_seconds
             returned = [t for t in agent_queue.status_returned if t >= started]
-            # The first status is Hello's; every later one forms a heartbeat `interval` after the one before.
+            # The first status is Hello's: the first heartbeat comes an interval after the Welcome, so that pair
+            # would count the TLS handshake and the server's answer. Every later one forms a heartbeat `interval`
+            # after the one before.
             offset = time.time() - time.monotonic()
             outcome.beat_lateness = [(later + offset, max(0.0, later - earlier - interval))
-                                     for earlier, later in itertools.pairwise(returned)]
+                                     for earlier, later in itertools.pairwise(returned[1:])]
             await agent_queue.close()
         self.reports.put(("done", ReplayWorkerResult(self.spec.index, outcomes, self.loop_lag,
                                                      psutil.Process().memory_info().rss)))
