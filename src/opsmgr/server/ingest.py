@@ -150,7 +150,15 @@ class IngestPipeline:
 
     async def submit(self, batch: Batch, *, refuse_when_stalled: bool = False) -> asyncio.Future[CommitResult] | None:
         """Queue `batch`, waiting for room; with `refuse_when_stalled`, returns None instead of waiting on a stall."""
-        weight = min(max(1, len(batch.items)), self.capacity_items)
+        room = await self.reserve(len(batch.items), refuse_when_stalled=refuse_when_stalled)
+        if room is None:
+            return None
+        return await self.enqueue(batch, room)
+
+    async def reserve(self, items: int, *, refuse_when_stalled: bool = False) -> int | None:
+        """Wait for room for a batch of `items` and take it, before the batch is formed: returns the room taken, for
+        `enqueue` or `release`; with `refuse_when_stalled`, None instead of waiting on a stall."""
+        weight = min(max(1, items), self.capacity_items)
         async with self._room:
             while self._used + weight > self.capacity_items:
                 if refuse_when_stalled and self.stalled():
@@ -161,7 +169,11 @@ class IngestPipeline:
                         await self._room.wait()
             self._used += weight
             self._gauge.set(self._used)
-        submission = _Submission(batch, weight, asyncio.get_running_loop().create_future())
+        return weight
+
+    async def enqueue(self, batch: Batch, room: int) -> asyncio.Future[CommitResult]:
+        """Queue `batch` in the room `reserve` took for it."""
+        submission = _Submission(batch, room, asyncio.get_running_loop().create_future())
         async with self._work:
             self._lanes[batch.lane].append(submission)
             self._work.notify()
@@ -197,7 +209,7 @@ class IngestPipeline:
                 raise
             finally:
                 self._writing -= 1
-                await self._release(group)
+                await self.release(sum(s.weight for s in group))
             backoff = _BACKOFF_FIRST
             self._committed(group, results, time.monotonic() - started)
 
@@ -269,9 +281,10 @@ class IngestPipeline:
             _resolve(submission.future, WriteFailed(f"the {self.database.value} database did not commit: "
                                                     f"{type(exc).__name__}"))
 
-    async def _release(self, group: list[_Submission]) -> None:
+    async def release(self, room: int) -> None:
+        """Give back room taken and not used, or used by batches the writers are done with."""
         async with self._room:
-            self._used -= sum(s.weight for s in group)
+            self._used -= room
             self._gauge.set(self._used)
             self._room.notify_all()
 

@@ -380,33 +380,51 @@ class AgentSession:
 
     async def _on_batch(self, wire: pb.DataBatch) -> None:
         """Submit a parked batch, holding the in-flight slot `_park` took until its acks are out."""
-        assert self.agent is not None
         try:
-            batch = to_batch(self.agent, wire)
-            owed = owed_databases(batch, wire)
-        except InvalidBatch as exc:
+            admitted = await self._admit(wire)
+        except BaseException:
             self._inflight.release()
-            await self._reject(wire, Refusal("InvalidBatch", str(exc)))
+            raise
+        if isinstance(admitted, Refusal):
+            self._inflight.release()
+            await self._reject(wire, admitted)
             return
-        pending: dict[Database, asyncio.Future[CommitResult]] = {}
-        deferred: list[Database] = []
+        task = asyncio.create_task(self._acknowledge(*admitted))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _admit(self, wire: pb.DataBatch) -> tuple[Batch, dict[Database, asyncio.Future[CommitResult]],
+                                                        list[Database]] | Refusal:
+        """Into the pipelines the batch owes: the futures of its commits and the databases deferred; or why the
+        batch is invalid."""
+        assert self.agent is not None
+        operational = self.pipelines[Database.OPERATIONAL]
+        # Room first, then the batch's model objects (about 50 ms and 2 MB per 5,000 items): formed as the writers
+        # make room, not for every waiting stream at once, which held the event loop (and heartbeats) for seconds.
+        room = await operational.reserve(len(wire.items)) if _may_owe_operational(wire) else None
         try:
+            try:
+                batch = to_batch(self.agent, wire)
+                owed = owed_databases(batch, wire)
+            except InvalidBatch as exc:
+                return Refusal("InvalidBatch", str(exc))
+            pending: dict[Database, asyncio.Future[CommitResult]] = {}
+            deferred: list[Database] = []
             if Database.OPERATIONAL in owed:
-                operational = await self.pipelines[Database.OPERATIONAL].submit(batch)
-                assert operational is not None
-                pending[Database.OPERATIONAL] = operational
+                if room is None:
+                    room = await operational.reserve(len(batch.items))
+                    assert room is not None
+                pending[Database.OPERATIONAL], room = await operational.enqueue(batch, room), None
             if Database.WAREHOUSE in owed:
                 warehouse = await self.pipelines[Database.WAREHOUSE].submit(batch, refuse_when_stalled=True)
                 if warehouse is None:
                     deferred.append(Database.WAREHOUSE)
                 else:
                     pending[Database.WAREHOUSE] = warehouse
-        except BaseException:
-            self._inflight.release()
-            raise
-        task = asyncio.create_task(self._acknowledge(batch, pending, deferred))
-        self._ack_tasks.add(task)
-        task.add_done_callback(self._ack_tasks.discard)
+            return batch, pending, deferred
+        finally:
+            if room is not None:  # taken and not used: the batch was invalid, or a replay to the warehouse alone
+                await operational.release(room)
 
     async def _reject(self, wire: pb.DataBatch, refusal: Refusal) -> None:
         """The batch itself is bad: REJECTED for every database, so the agent drops it; the stream goes on."""
@@ -479,6 +497,11 @@ def _retrieved(write: asyncio.Future[None]) -> None:
     # A write outlives its sender when the stream closes; a peer gone meanwhile is not worth a warning.
     if not write.cancelled():
         write.exception()
+
+
+def _may_owe_operational(wire: pb.DataBatch) -> bool:
+    """Every batch belongs to the operational DB; a replay that names its databases may leave it out."""
+    return not wire.databases or pb.DATABASE_OPERATIONAL in wire.databases
 
 
 def _queue(status: pb.QueueStatus) -> QueueReport:
