@@ -16,8 +16,8 @@ Figures:
   both databases: rows == items, and each item (agent, marker) exactly once;
 - heartbeat lateness during the drain, two parts: on the wire, from the agent stamping `sent_at` to the server
   recording it (the server's histogram opsmgr_heartbeat_delay_seconds; one host, one clock), and in the agent,
-  how much later than its interval each heartbeat was formed (the agent reads its queue status for each one, on
-  the queue's thread, behind sealing and acknowledging);
+  how much later than its interval each heartbeat was formed (the agent used to read its queue status for each
+  one on the queue's thread, behind sealing and acknowledging; it now takes the last status read);
 - baselines of the same run: raw COPY of the same kind of rows (the first `--baseline-agents` agents' items)
   into one database, and one agent heartbeating alone on the idle server;
 - CPU: the server's, and the machine's busy time not spent by this benchmark (another run sharing the machine).
@@ -135,7 +135,8 @@ class ReplayWorkerResult:
 
 
 class TimedQueue(DiskQueue):
-    """The real queue, noting when each `status()` returns: the agent reads it right before forming a heartbeat."""
+    """The real queue, noting when each status is taken: Hello's, then the agent takes one right before forming
+    each heartbeat (`recent_status`, the last one read; before it, `status()` on the queue's thread)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,6 +144,11 @@ class TimedQueue(DiskQueue):
 
     async def status(self) -> QueueStatus:
         found = await super().status()
+        self.status_returned.append(time.monotonic())
+        return found
+
+    def recent_status(self) -> QueueStatus:
+        found = super().recent_status()
         self.status_returned.append(time.monotonic())
         return found
 
@@ -191,10 +197,12 @@ class ReplayWorker:
             outcome.last_error = state.last_error
             interval = self.spec.heartbeat_seconds
             returned = [t for t in agent_queue.status_returned if t >= started]
-            # The first status is Hello's; every later one forms a heartbeat `interval` after the one before.
+            # The first status is Hello's: the first heartbeat comes an interval after the Welcome, so that pair
+            # would count the TLS handshake and the server's answer. Every later one forms a heartbeat `interval`
+            # after the one before.
             offset = time.time() - time.monotonic()
             outcome.beat_lateness = [(later + offset, max(0.0, later - earlier - interval))
-                                     for earlier, later in itertools.pairwise(returned)]
+                                     for earlier, later in itertools.pairwise(returned[1:])]
             await agent_queue.close()
         self.reports.put(("done", ReplayWorkerResult(self.spec.index, outcomes, self.loop_lag,
                                                      psutil.Process().memory_info().rss)))

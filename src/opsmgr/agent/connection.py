@@ -4,6 +4,8 @@ their per-database acks, heartbeats, certificate renewal, trust updates, Redirec
 One `ServerConnection` runs for the agent's life; each stream it opens is a `_Stream`. Only the stream's writer
 task writes, so heartbeats and control messages are sent between batches, ahead of any backlog, and a bounded
 window of unacknowledged batches keeps the server reading (it paces its reads by its own in-flight limit).
+A heartbeat never waits for the queue's thread: it carries the queue status last read, and the writer sends it
+while the thread seals the next batch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -40,6 +42,7 @@ METHOD = "/opsmgr.agentchannel.v1.AgentChannel/Connect"
 DEFAULT_HEARTBEAT_SECONDS = 60.0  # Operations Manager's default, used when Welcome names none
 DEFAULT_DEFERRED_RETRY_SECONDS = 5.0
 
+_T = TypeVar("_T")
 TaskHandler = Callable[[pb.TaskRequest], Awaitable[pb.TaskResult]]
 ConfigListener = Callable[[pb.AgentConfig], None]
 
@@ -389,9 +392,9 @@ class _Stream:
         for lane in (Lane.PRIORITY, Lane.BULK):
             if lane_to_send(self.settings.window, counts, {lane}) is not lane:
                 continue
-            next_batch = await self.queue.next_batch(lane, exclude, max_items=self.max_items,
-                                                     max_message_bytes=self.max_bytes,
-                                                     linger_seconds=self.settings.bulk_linger_seconds)
+            next_batch = await self._writing_control_meanwhile(self.queue.next_batch(
+                lane, exclude, max_items=self.max_items, max_message_bytes=self.max_bytes,
+                linger_seconds=self.settings.bulk_linger_seconds))
             if next_batch.batch is not None:
                 self.in_flight[next_batch.batch.seq] = lane
                 await self.call.write(next_batch.batch.message)
@@ -401,10 +404,27 @@ class _Stream:
                 wait = min(wait, next_batch.retry_after)
         return max(wait, 0.01)
 
+    async def _writing_control_meanwhile(self, read: Awaitable[_T]) -> _T:
+        """Await a read on the queue's thread, writing the heartbeats and control messages that come meanwhile:
+        sealing a 5,000-item batch, or the fsynced acks queued before it, takes the thread for a second or more."""
+        reading = asyncio.ensure_future(read)
+        try:
+            while not reading.done():
+                taking = asyncio.ensure_future(self.control.get())
+                await asyncio.wait({reading, taking}, return_when=asyncio.FIRST_COMPLETED)
+                if not taking.done():
+                    taking.cancel()  # Queue.get gives up cleanly: a message put meanwhile stays queued
+                    await asyncio.gather(taking, return_exceptions=True)
+                if taking.done() and not taking.cancelled():
+                    await self.call.write(taking.result())
+            return reading.result()
+        finally:
+            reading.cancel()
+
     async def _heartbeats(self) -> _Outcome:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
-            status = await self.queue.status()
+            status = self.queue.recent_status()
             self.heartbeat_seq += 1
             beat = pb.Heartbeat(seq=self.heartbeat_seq, queue=status.to_wire())
             beat.sent_at.FromDatetime(datetime.now(UTC))

@@ -499,23 +499,32 @@ class DiskQueue:
     polling; items enqueued by another local process are found by the sender's idle re-check.
     """
 
-    def __init__(self, store: QueueStore, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, store: QueueStore, executor: ThreadPoolExecutor, status: QueueStatus) -> None:
         self._store = store
         self._executor = executor
         self.epoch = store.epoch
         self.limit_bytes = store.limit_bytes
         self.path = store.path
         self._listeners: list[Callable[[], None]] = []
+        self._status = status  # the last one read on the queue's thread
+        self._refreshing: asyncio.Future[QueueStatus] | None = None
 
     @classmethod
     async def open(cls, path: Path, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> DiskQueue:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="disk-queue")
+        loop = asyncio.get_running_loop()
         try:
-            store = await asyncio.get_running_loop().run_in_executor(executor, QueueStore, path, limit_bytes)
+            store = await loop.run_in_executor(executor, QueueStore, path, limit_bytes)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(store, executor)
+        try:
+            status = await loop.run_in_executor(executor, store.status)
+        except BaseException:
+            await loop.run_in_executor(executor, store.close)
+            executor.shutdown(wait=False)
+            raise
+        return cls(store, executor, status)
 
     async def _run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: call(*args, **kwargs))
@@ -544,7 +553,23 @@ class DiskQueue:
         return await self._run(self._store.acknowledge, list(acks))
 
     async def status(self) -> QueueStatus:
-        return await self._run(self._store.status)
+        self._status = await self._run(self._store.status)
+        return self._status
+
+    def recent_status(self) -> QueueStatus:
+        """The status last read, at once, for a heartbeat: on the queue's thread it would wait behind sealing
+        5,000-item batches and fsynced acks, seconds during a replay. A fresh one is read there meanwhile, so the
+        next call's is at most one call old."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().run_in_executor(self._executor, self._store.status)
+            self._refreshing.add_done_callback(self._refreshed)
+        return self._status
+
+    def _refreshed(self, read: asyncio.Future[QueueStatus]) -> None:
+        self._refreshing = None
+        # A failed read keeps the status before it: the queue's own calls report a queue that cannot be read.
+        if not read.cancelled() and read.exception() is None:
+            self._status = read.result()
 
     async def reclaim(self) -> None:
         await self._run(self._store.reclaim)

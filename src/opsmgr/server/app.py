@@ -25,7 +25,7 @@ from opsmgr.server.directory import AgentDirectory, FileAgentDirectory
 from opsmgr.server.duties import GroupDuties
 from opsmgr.server.enrollment_cluster import EnrollmentCluster
 from opsmgr.server.enrollment_endpoint import EnrollmentEndpoint
-from opsmgr.server.ingest import DatabaseLink, IngestPipeline
+from opsmgr.server.ingest import BatchParking, DatabaseLink, IngestPipeline
 from opsmgr.server.kube_watch import KubeAgentDirectory
 from opsmgr.server.metrics import HealthEndpoint, ServerMetrics
 from opsmgr.server.presence import PresenceLedger
@@ -73,8 +73,9 @@ class ManagementServer:
                                                    stall_seconds=ingest.stall_seconds)
                           for database, link in self.links.items()}
         self.channel = AgentChannel(
-            group=config.group, pipelines=self.pipelines, metrics=self.metrics, presence=self.presence,
-            directory=self.directory, revocations=self.revocations,
+            group=config.group, pipelines=self.pipelines,
+            parking=BatchParking(ingest.parked_batch_bytes, self.metrics), metrics=self.metrics,
+            presence=self.presence, directory=self.directory, revocations=self.revocations,
             settings=SessionSettings(server_name=config.name,
                                      heartbeat_interval_seconds=config.heartbeat_interval_seconds,
                                      inflight_batches=ingest.session_inflight_batches,

@@ -25,7 +25,7 @@ from opsmgr.pki.verify import authorize_peer, peer_certificate
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.server.admission import Refusal, admit_speaker, admit_stream, claimed_role
 from opsmgr.server.directory import AgentDirectory
-from opsmgr.server.ingest import IngestPipeline
+from opsmgr.server.ingest import BatchParking, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.pack_rules import PackConfig
 from opsmgr.server.presence import PresenceLedger
@@ -51,11 +51,12 @@ class TaskListener(Protocol):
 
 class AgentChannel:
     def __init__(self, *, group: str, settings: SessionSettings, pipelines: Mapping[Database, IngestPipeline],
-                 metrics: ServerMetrics, presence: PresenceLedger, directory: AgentDirectory,
+                 parking: BatchParking, metrics: ServerMetrics, presence: PresenceLedger, directory: AgentDirectory,
                  revocations: RevocationWatch) -> None:
         self.group = group
         self.settings = settings
         self.pipelines = pipelines
+        self.parking = parking
         self.metrics = metrics
         self.presence = presence
         self.directory = directory
@@ -95,8 +96,8 @@ class AgentChannel:
             await _take_hello(context)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
         session = AgentSession(context, identity, certificate.serial_number, settings=self.settings,
-                               pipelines=self.pipelines, metrics=self.metrics, presence=self.presence,
-                               directory=self.directory, peer=peer, certificate=certificate,
+                               pipelines=self.pipelines, parking=self.parking, metrics=self.metrics,
+                               presence=self.presence, directory=self.directory, peer=peer, certificate=certificate,
                                renewal=lambda: self.renewal)
         if self.tasks is not None:
             session.on_task_result = self.tasks.task_reported

@@ -122,6 +122,8 @@ class IngestConfig(_Section):
     writers_per_database: Annotated[int, Field(ge=1, le=32)] = 2
     batches_per_transaction: Annotated[int, Field(ge=1, le=1000)] = 32
     session_inflight_batches: Annotated[int, Field(ge=1, le=10_000)] = 32
+    # Batches read past while they wait for pipeline room (wire bytes; in memory each is about twice that).
+    parked_batch_bytes: Annotated[int, Field(ge=0)] = 128 * 1024 * 1024
     stall_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
     deferred_retry_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 5_000
     alert_sync_seconds: Annotated[float, Field(gt=0)] = 60.0

@@ -4,6 +4,10 @@ The operational DB never waits for the warehouse because they share nothing: sep
 A pipeline's bound is in items (admitted and not yet committed); `submit` waits for room, which is how a full
 database stops the server reading from agents (gRPC flow control does the rest). The warehouse pipeline can also
 refuse instead of waiting once it is stalled, so a frozen warehouse never stops priority batches (DESIGN.md 4).
+
+Batches read while their pipeline is full wait in the `BatchParking`, under one server-wide byte budget, so a
+stream is read on past them: the heartbeats behind a batch are not held up by its wait. Only when the budget is
+spent does a stream stop being read, and gRPC's flow control stops its agent as before.
 """
 
 from __future__ import annotations
@@ -146,7 +150,15 @@ class IngestPipeline:
 
     async def submit(self, batch: Batch, *, refuse_when_stalled: bool = False) -> asyncio.Future[CommitResult] | None:
         """Queue `batch`, waiting for room; with `refuse_when_stalled`, returns None instead of waiting on a stall."""
-        weight = min(max(1, len(batch.items)), self.capacity_items)
+        room = await self.reserve(len(batch.items), refuse_when_stalled=refuse_when_stalled)
+        if room is None:
+            return None
+        return await self.enqueue(batch, room)
+
+    async def reserve(self, items: int, *, refuse_when_stalled: bool = False) -> int | None:
+        """Wait for room for a batch of `items` and take it, before the batch is formed: returns the room taken, for
+        `enqueue` or `release`; with `refuse_when_stalled`, None instead of waiting on a stall."""
+        weight = min(max(1, items), self.capacity_items)
         async with self._room:
             while self._used + weight > self.capacity_items:
                 if refuse_when_stalled and self.stalled():
@@ -157,7 +169,11 @@ class IngestPipeline:
                         await self._room.wait()
             self._used += weight
             self._gauge.set(self._used)
-        submission = _Submission(batch, weight, asyncio.get_running_loop().create_future())
+        return weight
+
+    async def enqueue(self, batch: Batch, room: int) -> asyncio.Future[CommitResult]:
+        """Queue `batch` in the room `reserve` took for it."""
+        submission = _Submission(batch, room, asyncio.get_running_loop().create_future())
         async with self._work:
             self._lanes[batch.lane].append(submission)
             self._work.notify()
@@ -193,7 +209,7 @@ class IngestPipeline:
                 raise
             finally:
                 self._writing -= 1
-                await self._release(group)
+                await self.release(sum(s.weight for s in group))
             backoff = _BACKOFF_FIRST
             self._committed(group, results, time.monotonic() - started)
 
@@ -265,11 +281,61 @@ class IngestPipeline:
             _resolve(submission.future, WriteFailed(f"the {self.database.value} database did not commit: "
                                                     f"{type(exc).__name__}"))
 
-    async def _release(self, group: list[_Submission]) -> None:
+    async def release(self, room: int) -> None:
+        """Give back room taken and not used, or used by batches the writers are done with."""
         async with self._room:
-            self._used -= sum(s.weight for s in group)
+            self._used -= room
             self._gauge.set(self._used)
             self._room.notify_all()
+
+
+def may_park(parked_bytes: int, size: int, budget_bytes: int) -> bool:
+    """Whether a batch of `size` wire bytes may wait beside those parked already: within the budget, or alone
+    (a batch larger than the whole budget would otherwise never be read)."""
+    return parked_bytes == 0 or parked_bytes + size <= budget_bytes
+
+
+class BatchParking:
+    """The server-wide byte budget for batches read and not yet admitted to a pipeline; first come, first served."""
+
+    def __init__(self, budget_bytes: int, metrics: ServerMetrics) -> None:
+        self.budget_bytes = budget_bytes
+        self.parked_bytes = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._gauge = metrics.parked_batch_bytes
+
+    async def park(self, size: int) -> None:
+        """Take `size` bytes of the budget, waiting until they fit; each caller gives them back with `leave`."""
+        if not self._waiting and may_park(self.parked_bytes, size, self.budget_bytes):
+            self._take(size)
+            return
+        turn = (size, asyncio.get_running_loop().create_future())
+        self._waiting.append(turn)
+        try:
+            await turn[1]
+        except asyncio.CancelledError:
+            if turn[1].done() and not turn[1].cancelled():
+                self.leave(size)  # granted just as the stream went: give it to the next in line
+            else:
+                self._waiting.remove(turn)
+                self._grant()  # the next in line may fit where this one did not
+            raise
+
+    def leave(self, size: int) -> None:
+        self.parked_bytes -= size
+        self._gauge.set(self.parked_bytes)
+        self._grant()
+
+    def _take(self, size: int) -> None:
+        self.parked_bytes += size
+        self._gauge.set(self.parked_bytes)
+
+    def _grant(self) -> None:
+        # In arrival order: a large batch is never passed over for ever by smaller ones behind it.
+        while self._waiting and may_park(self.parked_bytes, self._waiting[0][0], self.budget_bytes):
+            size, granted = self._waiting.popleft()
+            self._take(size)
+            granted.set_result(None)
 
 
 def _resolve(future: asyncio.Future[CommitResult], outcome: CommitResult | BaseException) -> None:

@@ -43,6 +43,9 @@ class ServerMetrics:
                                 registry=r)
         self.queued_items = Gauge("opsmgr_ingest_queued_items", "Items waiting for or in a writer, by database.",
                                   ["database"], registry=r)
+        self.parked_batch_bytes = Gauge("opsmgr_parked_batch_bytes",
+                                        "Wire bytes of batches read and waiting for room in a writer pipeline.",
+                                        registry=r)
         self.write_failures = Counter("opsmgr_write_failures", "Writer transactions that failed, by database.",
                                       ["database"], registry=r)
 

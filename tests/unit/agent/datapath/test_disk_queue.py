@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from opsmgr.agent.lanes import LANE_OF, ItemKind, Lane, kind_of
-from opsmgr.agent.queue import MIN_LIMIT_BYTES, QueueStore
+from opsmgr.agent.queue import MIN_LIMIT_BYTES, DiskQueue, QueueStore
 from opsmgr.protocol import agent_channel_pb2 as pb
 
 OP, WH = pb.DATABASE_OPERATIONAL, pb.DATABASE_WAREHOUSE
@@ -293,3 +293,15 @@ class QueueModel(RuleBasedStateMachine):
 TestQueueModel = QueueModel.TestCase
 TestQueueModel.settings = settings(max_examples=20, stateful_step_count=25, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow])
+
+
+async def test_a_heartbeat_takes_the_status_last_read_and_asks_for_a_fresh_one_for_the_next(tmp_path: Path) -> None:
+    queue = await DiskQueue.open(tmp_path / "queue.sqlite")
+    try:
+        await queue.enqueue([item(ItemKind.EVENT, str(n)) for n in range(3)])
+        assert queue.recent_status().depth_items == 0, "the status read when the queue was opened"
+        await queue.reclaim()  # the queue's thread runs its calls in order: the fresh read came before this one
+        assert queue.recent_status().depth_items == 3
+        assert (await queue.status()).depth_items == 3
+    finally:
+        await queue.close()
