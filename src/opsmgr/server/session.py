@@ -210,6 +210,7 @@ class AgentSession:
         if first is None:
             return None
         closing = await self._hello(first)
+        del first  # this frame lasts as long as the stream; the Hello need not
         if closing is not None:
             return closing
         assert self.agent is not None
@@ -262,6 +263,9 @@ class AgentSession:
     async def _serve(self) -> Closing | None:
         assert self.agent is not None
         while True:
+            # Let go of the last message before waiting for the next, which may be a heartbeat interval away: else
+            # every agent's last batch (up to 4 MB) stays in memory meanwhile.
+            message, beat = None, None
             try:
                 message = await self._read()
             except _Oversized as big:
