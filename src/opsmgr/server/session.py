@@ -37,6 +37,7 @@ from opsmgr.server.convert import WIRE_DATABASES, owed_databases, to_batch
 from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
+from opsmgr.server.outbox import Outbox
 from opsmgr.server.pack_rules import PackConfig
 from opsmgr.server.presence import PresenceLedger, QueueReport
 from opsmgr.server.renewal import CertificateRenewal, RenewalRefusal, RenewalRefused
@@ -86,7 +87,7 @@ class AgentSession:
         self.peer = peer
         self.session_id = uuid.uuid4().hex
         self.agent: str | None = None  # set by Hello
-        self._outbox: asyncio.Queue[pb.ServerMessage] = asyncio.Queue(maxsize=2 * settings.inflight_batches + 16)
+        self._outbox: Outbox[pb.ServerMessage] = Outbox(limit=2 * settings.inflight_batches + 16)
         self._inflight = asyncio.Semaphore(settings.inflight_batches)
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
