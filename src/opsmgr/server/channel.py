@@ -99,6 +99,8 @@ class AgentChannel:
                                pipelines=self.pipelines, parking=self.parking, metrics=self.metrics,
                                presence=self.presence, directory=self.directory, peer=peer, certificate=certificate,
                                renewal=lambda: self.renewal)
+        # This coroutine lives as long as the stream: the parsed certificate must not (the session keeps its DER).
+        del certificate
         if self.tasks is not None:
             session.on_task_result = self.tasks.task_reported
         if self.packs_of is not None:

@@ -63,7 +63,7 @@ class StatusChanged:
 WatchEvent = AlertRaised | AlertResolved | ProbeRequested | StatusChanged
 
 
-@dataclass
+@dataclass(slots=True)  # one per watched agent: no __dict__ each
 class AgentWatch:
     agent: str
     interval: float

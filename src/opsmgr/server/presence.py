@@ -14,7 +14,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QueueReport:
     depth_items: int
     size_bytes: int
@@ -22,7 +22,7 @@ class QueueReport:
     evicted_items_total: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per agent, replaced at each heartbeat: no __dict__ each
 class AgentPresence:
     agent: str
     connected: bool

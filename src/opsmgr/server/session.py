@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.message import DecodeError
 from grpc import aio
 
@@ -38,6 +39,7 @@ from opsmgr.server.convert import WIRE_DATABASES, owed_databases, to_batch
 from opsmgr.server.directory import AgentDirectory
 from opsmgr.server.ingest import BatchParking, BatchRefused, IngestPipeline
 from opsmgr.server.metrics import ServerMetrics
+from opsmgr.server.outbox import Outbox
 from opsmgr.server.pack_rules import PackConfig
 from opsmgr.server.presence import PresenceLedger, QueueReport
 from opsmgr.server.renewal import CertificateRenewal, RenewalRefusal, RenewalRefused
@@ -88,15 +90,18 @@ class AgentSession:
         self.peer = peer
         self.session_id = uuid.uuid4().hex
         self.agent: str | None = None  # set by Hello
-        self._outbox: asyncio.Queue[pb.ServerMessage] = asyncio.Queue(maxsize=2 * settings.inflight_batches + 16)
+        self._outbox: Outbox[pb.ServerMessage] = Outbox(limit=2 * settings.inflight_batches + 16)
         self._inflight = asyncio.Semaphore(settings.inflight_batches)
         # Batches read and not yet in a pipeline, in arrival order, each with its wire size taken from `parking`.
-        self._parked: asyncio.Queue[tuple[pb.DataBatch, int]] = asyncio.Queue()
+        # Bounded by the in-flight slots `_park` takes first, so putting never waits.
+        self._parked: Outbox[tuple[pb.DataBatch, int]] = Outbox(limit=settings.inflight_batches)
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[Closing] = asyncio.get_running_loop().create_future()
         self._write: asyncio.Future[None] | None = None  # the write in flight, if any
         self._on_bound: Callable[[AgentSession], None] = lambda _session: None
-        self.certificate = certificate  # the TLS-verified peer certificate, which a renewal replaces
+        # The TLS-verified peer certificate, kept as DER and parsed again only for a renewal: a parsed certificate
+        # with its names and extensions read costs about 5 KB, for each of 10,000 connected agents.
+        self._certificate_der = certificate.public_bytes(Encoding.DER) if certificate is not None else None
         self.renewal = renewal
         self._renewing: asyncio.Task[None] | None = None
         # Runs sent on this stream, by task id: the only results this stream may report (see task_rules).
@@ -106,6 +111,11 @@ class AgentSession:
         # queued for it: None until the Welcome is, "" when the Welcome said nothing about packs.
         self.packs_of: Callable[[str], PackConfig | None] = lambda _agent: None
         self.config_version: str | None = None
+
+    @property
+    def certificate(self) -> x509.Certificate | None:
+        der = self._certificate_der
+        return x509.load_der_x509_certificate(der) if der is not None else None
 
     def fields(self, **more: object) -> dict[str, Any]:
         return {"peer": self.peer, "identity": self.identity.name, "role": self.identity.role.value,
@@ -148,8 +158,8 @@ class AgentSession:
             for task in (reader, sender, admitter, *self._ack_tasks):
                 task.cancel()
             await asyncio.gather(reader, sender, admitter, *self._ack_tasks, return_exceptions=True)
-            while not self._parked.empty():  # never admitted: their budget goes to other streams
-                self.parking.leave(self._parked.get_nowait()[1])
+            for _, size in self._parked.clear():  # never admitted: their budget goes to other streams
+                self.parking.leave(size)
             if self._write is not None:
                 # Bounded: a peer that stopped reading never lets a write finish; its call ends when it goes.
                 await asyncio.wait({self._write}, timeout=WRITE_DRAIN_SECONDS)
@@ -214,6 +224,7 @@ class AgentSession:
         if first is None:
             return None
         closing = await self._hello(first[0])
+        del first  # this frame lasts as long as the stream; the Hello need not
         if closing is not None:
             return closing
         assert self.agent is not None
@@ -266,6 +277,9 @@ class AgentSession:
     async def _serve(self) -> Closing | None:
         assert self.agent is not None
         while True:
+            # Let go of the last message before waiting for the next, which may be a heartbeat interval away: else
+            # every agent's last batch (up to 4 MB) stays in memory meanwhile.
+            message, beat, received = None, None, None
             try:
                 received = await self._read()
             except _Oversized as big:
@@ -319,14 +333,15 @@ class AgentSession:
     async def _renew(self, csr: bytes) -> None:
         assert self.agent is not None
         renewal = self.renewal()  # read now: the server gains its Kubernetes access after it starts listening
-        if renewal is None or self.certificate is None:
+        certificate = self.certificate
+        if renewal is None or certificate is None:
             refusal = RenewalRefusal("RenewalUnavailable", "this management server has no Kubernetes access, so no "
                                                            "CA to sign with. Fix: enroll the agent again when due")
             log.warning("certificate renewal refused", extra={"fields": self.fields(reason=refusal.reason)})
             await self._answer_renewal(refusal)
             return
         try:
-            answer = await renewal.renew(self.certificate, self.identity, self.agent, csr)
+            answer = await renewal.renew(certificate, self.identity, self.agent, csr)
         except RenewalRefused as refused:
             await self._answer_renewal(refused.refusal)
             return
@@ -366,7 +381,7 @@ class AgentSession:
         except BaseException:
             self._inflight.release()
             raise
-        self._parked.put_nowait((wire, size))
+        await self._parked.put((wire, size))
 
     async def _admit_parked(self) -> None:
         """Into the pipelines in the order read; a batch's budget is given back once a pipeline holds it."""
