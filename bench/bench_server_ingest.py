@@ -124,6 +124,18 @@ class ServerUnderTest:
                 time.sleep(0.1)
         raise TimeoutError("the server never answered /healthz")
 
+    def batches_per_transaction(self) -> dict[str, tuple[float, float]]:
+        """(sum, count) of the server's batches-per-transaction histogram, by database, read from /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        found: dict[str, list[float]] = {}
+        for line in text.splitlines():
+            for part, slot in (("opsmgr_batches_per_transaction_sum", 0), ("opsmgr_batches_per_transaction_count", 1)):
+                if line.startswith(part + "{"):
+                    database = line.split('database="', 1)[1].split('"', 1)[0]
+                    found.setdefault(database, [0.0, 0.0])[slot] = float(line.rsplit(" ", 1)[1])
+        return {database: (total, count) for database, (total, count) in found.items()}
+
     def cpu_seconds(self) -> float:
         times = psutil.Process(self.process.pid).cpu_times()
         return float(times.user + times.system)
@@ -211,6 +223,7 @@ async def main(agents: int, batches_per_agent: int, items: int, window: int, run
             elapsed = time.perf_counter() - start
             server_runs.append(total / elapsed)
             server_cpu.append((server.cpu_seconds() - cpu_before) / elapsed)
+        grouping = server.batches_per_transaction()
         for conn in (op, wh, raw):
             await conn.close()
     finally:
@@ -230,6 +243,8 @@ async def main(agents: int, batches_per_agent: int, items: int, window: int, run
     for figure in (baseline, through_server):
         print(figure.line())
     print(f"server process busy {statistics.median(server_cpu):.0%} of one CPU while ingesting (median)")
+    print("batches per transaction (mean over all runs): " + ", ".join(
+        f"{database} {total / count:.1f}" for database, (total, count) in sorted(grouping.items()) if count))
     print(f"ratio server / raw COPY (medians): {through_server.median / baseline.median:.2f} (target >= 0.4)")
 
 
