@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import operator
 import os
 import random
 import shutil
@@ -232,21 +233,27 @@ async def main(agents: int, batches_per_agent: int, items: int, window: int, run
         postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(pg_folder, ignore_errors=True)
-    through_server = Figure("through the server over mTLS, operational + warehouse, until the last ack", "items/s",
-                            tuple(server_runs))
-    baseline = Figure("raw COPY into one database", "rows/s", tuple(raw_runs))
     print(f"{agents} agents x {batches_per_agent} bulk batches x {items} items (1 event : 3 performance samples), "
           f"window {window} batches per agent, {writers} writers per database, fsync {'on' if fsync else 'off'}, "
           f"PostgreSQL at {postgres.bin_dir}")
+    report(server_runs, raw_runs, server_cpu, grouping)
+
+
+def report(server_runs: list[float], raw_runs: list[float], server_cpu: list[float],
+           grouping: dict[str, tuple[float, float]]) -> None:
+    through_server = Figure("through the server over mTLS, operational + warehouse, until the last ack", "items/s",
+                            tuple(server_runs))
+    baseline = Figure("raw COPY into one database", "rows/s", tuple(raw_runs))
     print(f"{os.cpu_count()} CPUs (server, PostgreSQL and the agents share them), "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     for figure in (baseline, through_server):
         print(figure.line())
-    print(f"server process busy {statistics.median(server_cpu):.0%} of one CPU while ingesting (median)")
+    cpu_per_item = statistics.median(map(operator.truediv, server_cpu, server_runs))
+    print(f"server process busy {statistics.median(server_cpu):.0%} of one CPU while ingesting, "
+          f"{cpu_per_item * 1e6:.2f} us of its CPU per item (medians; the latter varies least with the load)")
     print("batches per transaction (mean over all runs): " + ", ".join(
         f"{database} {total / count:.1f}" for database, (total, count) in sorted(grouping.items()) if count))
     print(f"ratio server / raw COPY (medians): {through_server.median / baseline.median:.2f} (target >= 0.4)")
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
