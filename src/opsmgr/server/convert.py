@@ -12,7 +12,7 @@ from enum import IntEnum
 from typing import TypeVar
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.message import Message
 
 from opsmgr.db.model import (
     Alert,
@@ -95,7 +95,7 @@ def _item(index: int, wire: pb.Item) -> Item:
         if not _short_texts(key, obj, counter, instance):
             _texts(index, (("object_key", key, MAX_KEY_CHARS), ("object_name", obj, MAX_KEY_CHARS),
                            ("counter_name", counter, MAX_KEY_CHARS), ("instance_name", instance, MAX_KEY_CHARS)))
-        return PerformanceSample(_time(index, "sampled_at", p.sampled_at, p.HasField("sampled_at")), key, obj,
+        return PerformanceSample(_time(index, "sampled_at", p), key, obj,
                                  counter, instance, p.value)
     if kind == "event":
         e = wire.event
@@ -107,21 +107,21 @@ def _item(index: int, wire: pb.Item) -> Item:
         if not _INT32[0] <= number <= _INT32[1]:
             raise InvalidBatch(f"batch.items[{index}].number = {number}: outside 32-bit range. Fix: send the event "
                                "id as the source logged it")
-        return Event(_time(index, "logged_at", e.logged_at, e.HasField("logged_at")), key, channel, source, number,
+        return Event(_time(index, "logged_at", e), key, channel, source, number,
                      _enum(EventLevel, index, "level", e.level), description)
     if kind == "state":
         s = wire.state
         key, monitor = s.object_key, s.monitor
         if not _short_texts(key, monitor):
             _texts(index, (("object_key", key, MAX_KEY_CHARS), ("monitor", monitor, MAX_KEY_CHARS)))
-        return StateChange(_time(index, "changed_at", s.changed_at, s.HasField("changed_at")), key, monitor,
+        return StateChange(_time(index, "changed_at", s), key, monitor,
                            _enum(HealthState, index, "old_state", s.old_state),
                            _enum(HealthState, index, "new_state", s.new_state))
     if kind == "alert":
         a = wire.alert
         _texts(index, (("object_key", a.object_key, MAX_KEY_CHARS), ("source", a.source, MAX_KEY_CHARS),
                        ("name", a.name, MAX_KEY_CHARS), ("description", a.description, MAX_STRING_CHARS)))
-        return Alert(_time(index, "raised_at", a.raised_at, a.HasField("raised_at")), a.object_key, a.source, a.name,
+        return Alert(_time(index, "raised_at", a), a.object_key, a.source, a.name,
                      a.description, _enum(AlertSeverity, index, "severity", a.severity),
                      _enum(AlertPriority, index, "priority", a.priority),
                      _enum(ResolutionState, index, "resolution_state", a.resolution_state))
@@ -135,7 +135,7 @@ def _item(index: int, wire: pb.Item) -> Item:
                                f"{MAX_DISCOVERY_PROPERTIES}. Fix: discover fewer properties")
         for key, value in d.properties.items():
             _texts(index, (("key", key, MAX_KEY_CHARS), (key[:64], value, MAX_STRING_CHARS)), ".properties")
-        return DiscoveryItem(_time(index, "discovered_at", d.discovered_at, d.HasField("discovered_at")),
+        return DiscoveryItem(_time(index, "discovered_at", d),
                              d.object_key, d.class_name, d.display_name, dict(d.properties))
     raise InvalidBatch(f"batch.items[{index}] carries no item. Fix: set one of event, performance, state, alert or "
                        "discovery")
@@ -158,17 +158,20 @@ def _texts(index: int, fields: Iterable[tuple[str, str, int]], within: str = "")
                                "text refuses. Fix: strip it at the source")
 
 
-def _time(index: int, name: str, value: Timestamp, present: bool) -> datetime:
-    if not present:
+def _time(index: int, name: str, message: Message) -> datetime:
+    value = getattr(message, name)
+    seconds, nanos = value.seconds, value.nanos
+    # HasField only when the time reads as the epoch: set or not, an unset time reads so, and HasField is dear.
+    if not (seconds or nanos) and not message.HasField(name):
         raise InvalidBatch(f"batch.items[{index}].{name} is unset. Fix: stamp every item with the time it happened "
                            "(UTC)")
     try:
         # Arithmetic instead of Timestamp.ToDatetime (a third of the conversion's cost at bulk rates); timedelta's
         # arguments by position, which is faster than by keyword: (days, seconds, microseconds).
-        return _EPOCH + timedelta(0, value.seconds, value.nanos // 1000)
+        return _EPOCH + timedelta(0, seconds, nanos // 1000)
     except OverflowError:
-        raise InvalidBatch(f"batch.items[{index}].{name} = {value.seconds}s: not a representable time. Fix: send a "
-                           "time between years 1 and 9999") from None
+        raise InvalidBatch(f"batch.items[{index}].{name} = {seconds}s: not a representable time. Fix: send a time "
+                           "between years 1 and 9999") from None
 
 
 def _enum(enum: type[_E], index: int, name: str, value: int) -> _E:

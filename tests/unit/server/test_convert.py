@@ -116,3 +116,8 @@ def test_keys_are_limited_one_by_one_not_together() -> None:
                                              instance_name=long)))
     assert converted.items[0].object_key == long
     assert converted.items[0].instance_name == long  # type: ignore[union-attr]
+
+
+def test_a_time_set_to_the_epoch_is_a_time_not_a_missing_one() -> None:
+    converted = to_batch(AGENT, batch(event(logged_at=Timestamp(seconds=0, nanos=0))))
+    assert converted.items[0].timestamp == datetime(1970, 1, 1, tzinfo=UTC)
