@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import operator
 import os
 import random
 import shutil
@@ -124,6 +125,18 @@ class ServerUnderTest:
                 time.sleep(0.1)
         raise TimeoutError("the server never answered /healthz")
 
+    def batches_per_transaction(self) -> dict[str, tuple[float, float]]:
+        """(sum, count) of the server's batches-per-transaction histogram, by database, read from /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        found: dict[str, list[float]] = {}
+        for line in text.splitlines():
+            for part, slot in (("opsmgr_batches_per_transaction_sum", 0), ("opsmgr_batches_per_transaction_count", 1)):
+                if line.startswith(part + "{"):
+                    database = line.split('database="', 1)[1].split('"', 1)[0]
+                    found.setdefault(database, [0.0, 0.0])[slot] = float(line.rsplit(" ", 1)[1])
+        return {database: (total, count) for database, (total, count) in found.items()}
+
     def cpu_seconds(self) -> float:
         times = psutil.Process(self.process.pid).cpu_times()
         return float(times.user + times.system)
@@ -211,6 +224,7 @@ async def main(agents: int, batches_per_agent: int, items: int, window: int, run
             elapsed = time.perf_counter() - start
             server_runs.append(total / elapsed)
             server_cpu.append((server.cpu_seconds() - cpu_before) / elapsed)
+        grouping = server.batches_per_transaction()
         for conn in (op, wh, raw):
             await conn.close()
     finally:
@@ -219,19 +233,27 @@ async def main(agents: int, batches_per_agent: int, items: int, window: int, run
         postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(pg_folder, ignore_errors=True)
-    through_server = Figure("through the server over mTLS, operational + warehouse, until the last ack", "items/s",
-                            tuple(server_runs))
-    baseline = Figure("raw COPY into one database", "rows/s", tuple(raw_runs))
     print(f"{agents} agents x {batches_per_agent} bulk batches x {items} items (1 event : 3 performance samples), "
           f"window {window} batches per agent, {writers} writers per database, fsync {'on' if fsync else 'off'}, "
           f"PostgreSQL at {postgres.bin_dir}")
+    report(server_runs, raw_runs, server_cpu, grouping)
+
+
+def report(server_runs: list[float], raw_runs: list[float], server_cpu: list[float],
+           grouping: dict[str, tuple[float, float]]) -> None:
+    through_server = Figure("through the server over mTLS, operational + warehouse, until the last ack", "items/s",
+                            tuple(server_runs))
+    baseline = Figure("raw COPY into one database", "rows/s", tuple(raw_runs))
     print(f"{os.cpu_count()} CPUs (server, PostgreSQL and the agents share them), "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     for figure in (baseline, through_server):
         print(figure.line())
-    print(f"server process busy {statistics.median(server_cpu):.0%} of one CPU while ingesting (median)")
+    cpu_per_item = statistics.median(map(operator.truediv, server_cpu, server_runs))
+    print(f"server process busy {statistics.median(server_cpu):.0%} of one CPU while ingesting, "
+          f"{cpu_per_item * 1e6:.2f} us of its CPU per item (medians; the latter varies least with the load)")
+    print("batches per transaction (mean over all runs): " + ", ".join(
+        f"{database} {total / count:.1f}" for database, (total, count) in sorted(grouping.items()) if count))
     print(f"ratio server / raw COPY (medians): {through_server.median / baseline.median:.2f} (target >= 0.4)")
-
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

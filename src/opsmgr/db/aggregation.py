@@ -40,6 +40,7 @@ from opsmgr.db.schema import LOCK_NAMESPACE
 AGGREGATION_LOCK = 4
 HOUR = timedelta(hours=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = EPOCH.toordinal()
 DAY = timedelta(days=1)
 MAX_HOLD = timedelta(hours=1)  # a value older than this says nothing about now (the agent stopped sampling)
 SETTLE = timedelta(minutes=5)  # longer than any write transaction lasts
@@ -155,7 +156,11 @@ def late_hour_marks(rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> list[tuple
                               ("state_changes", AggregateKind.STATE, 0)):
         touched: set[tuple[str, int]] = set()
         for row in rows.get(table, ()):
-            touched.add((row[0], int(row[1].timestamp()) // 3600))  # every time-series row starts (agent, time)
+            at = row[1]  # every time-series row starts (agent, time)
+            # From the calendar fields when the time is in UTC, as ingested times are: half the cost of
+            # timestamp(), whose exact arithmetic goes through Python integers.
+            hour = (at.toordinal() - _EPOCH_DAY) * 24 + at.hour if at.tzinfo is UTC else int(at.timestamp()) // 3600
+            touched.add((row[0], hour))
         for agent, first in touched:
             marks.update((kind.value, agent, first + n) for n in range(span + 1))
     return [(kind, agent, EPOCH + HOUR * hour) for kind, agent, hour in sorted(marks)]

@@ -62,7 +62,8 @@ class ManagementServer:
         retention = retention or Retention()
         ingest, databases = config.ingest, config.databases
         self.links = {database: DatabaseLink(database, dsn, pool_size=databases.pool_size,
-                                             connect_timeout=databases.connect_timeout_seconds, retention=retention)
+                                             connect_timeout=databases.connect_timeout_seconds, retention=retention,
+                                             writers=ingest.writers_per_database)
                       for database, dsn in ((Database.OPERATIONAL, databases.operational_dsn),
                                             (Database.WAREHOUSE, databases.warehouse_dsn))}
         capacity = {Database.OPERATIONAL: ingest.operational_queue_items,

@@ -95,6 +95,8 @@ class TlsConfig(_Section):
 class DatabaseConfig(_Section):
     operational_dsn: Dsn
     warehouse_dsn: Dsn
+    # Connections per database shared by the duties and the watcher; the ingest writers hold their own
+    # (ingest.writers_per_database more per database).
     pool_size: Annotated[int, Field(ge=1, le=64)] = 4
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
 

@@ -19,12 +19,18 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
 from opsmgr.db.model import Batch, Database, Lane, Retention
 from opsmgr.db.schema import prepare_database
-from opsmgr.db.writer import CommitResult, write_operational_batches, write_warehouse_batches
+from opsmgr.db.writer import (
+    CommitResult,
+    prepare_writer_connection,
+    write_operational_batches,
+    write_warehouse_batches,
+)
 from opsmgr.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -61,24 +67,26 @@ class _Submission:
 
 
 class DatabaseLink:
-    """A connection pool to one database, created (and the schema prepared) on first use and after losing it."""
+    """Connection pools to one database, created (and the schema prepared) on first use and after losing them: one
+    shared by the server's duties, one for the ingest writers alone (their connections encode rows their own way,
+    see prepare_writer_connection)."""
 
     def __init__(self, database: Database, dsn: str, *, pool_size: int, connect_timeout: float,
-                 retention: Retention) -> None:
+                 retention: Retention, writers: int) -> None:
         self.database = database
         self.dsn = dsn
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.retention = retention
+        self.writers = writers
         self._pool: asyncpg.Pool | None = None
+        self._writer_pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
     async def pool(self) -> asyncpg.Pool:
         async with self._opening:
             if self._pool is None:
-                pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                                 timeout=self.connect_timeout, command_timeout=None,
-                                                 server_settings=DURABLE_COMMITS)
+                pool = await self._create_pool(self.pool_size)
                 try:
                     async with pool.acquire() as conn:
                         await prepare_database(conn, self.database, self.retention)
@@ -89,9 +97,21 @@ class DatabaseLink:
                 log.info("database ready", extra={"fields": {"database": self.database.value}})
             return self._pool
 
+    async def writer_pool(self) -> asyncpg.Pool:
+        await self.pool()  # the schema first
+        async with self._opening:
+            if self._writer_pool is None:
+                self._writer_pool = await self._create_pool(self.writers, init=prepare_writer_connection)
+            return self._writer_pool
+
+    async def _create_pool(self, size: int, **more: Any) -> asyncpg.Pool:
+        return await asyncpg.create_pool(self.dsn, min_size=1, max_size=size, timeout=self.connect_timeout,
+                                         command_timeout=None, server_settings=DURABLE_COMMITS, **more)
+
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        pools = [pool for pool in (self._pool, self._writer_pool) if pool is not None]
+        self._pool = self._writer_pool = None
+        for pool in pools:
             try:
                 async with asyncio.timeout(5):
                     await pool.close()
@@ -238,7 +258,7 @@ class IngestPipeline:
                             f"({type(error).__name__}: {error}); it cannot be written and is not replayed")
 
     async def _write(self, group: list[_Submission]) -> list[CommitResult]:
-        pool = await self.link.pool()
+        pool = await self.link.writer_pool()
         async with pool.acquire() as conn:
             return await WRITERS[self.database](conn, [s.batch for s in group], self.link.retention)
 

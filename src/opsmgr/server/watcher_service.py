@@ -45,7 +45,7 @@ import asyncpg
 
 from opsmgr.api.agent import Agent, Approval, Connection, HeartbeatState
 from opsmgr.db.health_model import decided_health
-from opsmgr.db.model import AlertPriority, AlertSeverity, Batch, StateChange
+from opsmgr.db.model import LANE_KINDS, AlertPriority, AlertSeverity, Batch, ItemKind, StateChange
 from opsmgr.db.monitor_states import latest_states
 from opsmgr.db.presence import (
     PresenceRow,
@@ -215,6 +215,8 @@ class WatcherService:
 
     def batch_committed(self, batch: Batch) -> None:
         """The operational DB committed a batch here: its state changes move the health of an agent we watch."""
+        if ItemKind.STATE not in LANE_KINDS[batch.lane]:
+            return  # a bulk batch: hundreds of events and samples, never a state change
         changes = [item for item in batch.items if isinstance(item, StateChange)]
         if changes and self.health.committed(batch.agent, changes):
             self._observe(batch.agent)

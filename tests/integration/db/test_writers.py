@@ -7,9 +7,10 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
+import pytest
 
 from opsmgr.db.model import Batch, Database, DiscoveryItem, DropReason, Item, ItemKind, Lane, ResolutionState
 from opsmgr.db.partitions import PARTITIONED_TABLES, partition_day, partition_name
@@ -18,6 +19,7 @@ from opsmgr.db.schema import existing_partitions
 from opsmgr.db.writer import (
     CommitOutcome,
     CommitResult,
+    prepare_writer_connection,
     write_operational,
     write_operational_batches,
     write_warehouse,
@@ -244,3 +246,23 @@ async def test_discovery_keeps_the_newest_inventory_whatever_the_arrival_order(d
     row = await op.fetchrow("SELECT agent, display_name, properties, discovered_at, last_seen_at "
                             "FROM discovered_objects")
     assert tuple(row) == (AGENT, "/data1 (resized)", '{"size": "200"}', now - timedelta(hours=1), now)
+
+
+async def test_a_writers_connection_stores_every_instant_as_given_and_refuses_a_time_without_zone(
+        databases: Databases) -> None:
+    writer = await asyncpg.connect(databases.operational_dsn)
+    try:
+        await prepare_writer_connection(writer)  # the server's writers' own timestamptz codec
+        now = datetime.now(UTC).replace(microsecond=123_456)
+        east = now.astimezone(timezone(timedelta(hours=5, minutes=30)))
+        earlier = now - timedelta(microseconds=1)
+        await write_operational(writer, batch(0, Lane.BULK, [event(1, east), sample(2, earlier)]))
+        read = databases.operational
+        assert await read.fetchval("SELECT logged_at FROM events") == now
+        assert await read.fetchval("SELECT sampled_at FROM performance_samples") == earlier
+        assert await writer.fetchval("SELECT logged_at FROM events") == now
+        assert await writer.fetchval("SELECT 'infinity'::timestamptz") == datetime.max
+        with pytest.raises(asyncpg.DataError, match="has no time zone"):
+            await writer.fetchval("SELECT $1::timestamptz", datetime(2026, 6, 1, 12))
+    finally:
+        await writer.close()

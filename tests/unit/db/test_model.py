@@ -75,3 +75,13 @@ def test_retention_of_zero_days_names_the_field(field: str) -> None:
 def test_partitions_ahead_is_bounded() -> None:
     with pytest.raises(ValueError, match=r"retention.partitions_ahead_days is 90: give 0 to 31 days"):
         Retention(partitions_ahead_days=90)
+
+
+def test_empty_object_key_of_a_bulk_item_is_refused() -> None:
+    with pytest.raises(InvalidBatch, match=r"batch.items\[1\].object_key is empty"):
+        batch(0, Lane.BULK, [sample(1), sample(2)._replace(object_key="")])
+
+
+def test_a_plain_tuple_shaped_like_an_item_is_not_an_item() -> None:
+    with pytest.raises(InvalidBatch, match=r"batch.items\[0\] is a tuple: send Event, PerformanceSample"):
+        batch(0, Lane.BULK, [tuple(sample(1))])  # type: ignore[list-item]

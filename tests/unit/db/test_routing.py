@@ -47,6 +47,15 @@ def test_rows_follow_the_table_columns_and_carry_their_place_in_the_batch() -> N
         "value"] == 2.0
 
 
+def test_each_time_series_column_holds_the_item_field_of_its_name() -> None:
+    for lane, item, table in ((Lane.BULK, event(1), "events"), (Lane.BULK, sample(2), "performance_samples"),
+                              (Lane.PRIORITY, state_change(3), "state_changes")):
+        row = plan_write(batch(5, lane, [item]), Database.OPERATIONAL, Retention(), NOON).rows[table][0]
+        columns = dict(zip(TABLE_COLUMNS[table], row, strict=True))
+        assert {name: columns[name] for name in item._fields} == item._asdict()
+        assert columns["agent"] == batch(0, lane, []).agent
+
+
 def test_late_data_is_counted_per_kind_and_reason_and_kept_out_of_the_rows() -> None:
     old = NOON - timedelta(days=8)
     future = NOON + timedelta(days=5)

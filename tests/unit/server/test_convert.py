@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from opsmgr.db.model import Alert, Database, Event, InvalidBatch, Lane
 from opsmgr.protocol import agent_channel_pb2 as pb
-from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_STRING_CHARS
+from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_KEY_CHARS, MAX_STRING_CHARS
 from opsmgr.server.convert import owed_databases, to_batch
 
 AGENT = "web01.contoso.test"
@@ -28,6 +28,20 @@ def event(**fields: object) -> pb.Item:
                                  "source": "sshd", "number": 4625, "level": 3, "description": "failed"}
     values.update(fields)
     return pb.Item(event=pb.Event(**values))  # type: ignore[arg-type]
+
+
+def sample(**fields: object) -> pb.Item:
+    values: dict[str, object] = {"sampled_at": ts(), "object_key": "Linux.Computer:web01", "object_name": "Processor",
+                                 "counter_name": "% Processor Time", "instance_name": "_Total", "value": 12.5}
+    values.update(fields)
+    return pb.Item(performance=pb.PerformanceSample(**values))  # type: ignore[arg-type]
+
+
+def state(**fields: object) -> pb.Item:
+    values: dict[str, object] = {"changed_at": ts(), "object_key": "Linux.FileSystem:/data", "monitor": "FreeSpace",
+                                 "old_state": 1, "new_state": 2}
+    values.update(fields)
+    return pb.Item(state=pb.StateChange(**values))  # type: ignore[arg-type]
 
 
 def alert() -> pb.Item:
@@ -71,6 +85,12 @@ def test_a_replay_may_name_a_subset_of_its_databases_but_never_another() -> None
     (batch(event(number=2**40)), "outside 32-bit range"),
     (batch(event(description="x" * (MAX_STRING_CHARS + 1))), "never silently cut"),
     (batch(event(source="a\x00b")), "NUL character"),
+    (batch(sample(), sample(counter_name="c" * (MAX_KEY_CHARS + 1))),
+     rf"batch.items\[1\].counter_name is {MAX_KEY_CHARS + 1} characters"),
+    (batch(sample(instance_name="cpu\x000")), r"batch.items\[0\].instance_name contains a NUL"),
+    (batch(state(monitor="m" * (MAX_KEY_CHARS + 1)), lane=pb.LANE_PRIORITY), r"batch.items\[0\].monitor is"),
+    (batch(state(new_state=7), lane=pb.LANE_PRIORITY), r"batch.items\[0\].new_state = 7: not one of 0 \(unknown\)"),
+    (batch(event(channel="x" * (MAX_KEY_CHARS + 1))), r"batch.items\[0\].channel is"),
     (batch(pb.Item(event=pb.Event(object_key="k", level=3))), r"logged_at is unset"),
     (batch(pb.Item()), "carries no item"),
     (batch(*[event()] * (MAX_BATCH_ITEMS + 1)), f"more than {MAX_BATCH_ITEMS}"),
@@ -88,3 +108,16 @@ def test_times_keep_microseconds_and_absurd_ones_are_refused() -> None:
     assert converted.items[0].timestamp == moment.ToDatetime(tzinfo=UTC)
     with pytest.raises(InvalidBatch, match="not a representable time"):
         to_batch(AGENT, batch(event(logged_at=Timestamp(seconds=10**12))))
+
+
+def test_keys_are_limited_one_by_one_not_together() -> None:
+    long = "k" * MAX_KEY_CHARS
+    converted = to_batch(AGENT, batch(sample(object_key=long, object_name=long, counter_name=long,
+                                             instance_name=long)))
+    assert converted.items[0].object_key == long
+    assert converted.items[0].instance_name == long  # type: ignore[union-attr]
+
+
+def test_a_time_set_to_the_epoch_is_a_time_not_a_missing_one() -> None:
+    converted = to_batch(AGENT, batch(event(logged_at=Timestamp(seconds=0, nanos=0))))
+    assert converted.items[0].timestamp == datetime(1970, 1, 1, tzinfo=UTC)

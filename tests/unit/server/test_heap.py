@@ -13,8 +13,10 @@ from opsmgr.server.heap import FreezePolicy, HeapFreezer, due_to_thaw
 
 @pytest.fixture(autouse=True)
 def thawed() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()  # this test process must keep its own collector as it was
+    gc.set_threshold(*thresholds)
 
 
 def test_thaw_is_due_only_after_its_interval() -> None:
@@ -30,6 +32,7 @@ async def test_the_freezer_freezes_what_exists_and_a_thaw_frees_frozen_cycles() 
     running = asyncio.create_task(freezer.run())
     await asyncio.sleep(0.05)
     assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == FreezePolicy().thresholds
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
     del cycle
