@@ -12,7 +12,7 @@ from opsmgr.server.metrics import ServerMetrics
 def pipeline(capacity: int) -> IngestPipeline:
     # Never started: no writer runs and the database is never dialled; only the room is exercised.
     link = DatabaseLink(Database.OPERATIONAL, "postgresql://nowhere.invalid/none", pool_size=1, connect_timeout=1,
-                        retention=Retention())
+                        retention=Retention(), writers=1)
     return IngestPipeline(link, ServerMetrics(), capacity_items=capacity, writers=1, batches_per_transaction=1,
                           stall_seconds=5)
 
