@@ -178,24 +178,11 @@ async def _write(context: OperatorContext, body: Mapping[str, Any], agent: Agent
     return new.ready
 
 
-def _is_pending(*, status: kopf.Status, **_: Any) -> bool:
-    # Only an Agent the create/resume handler has judged Pending: one it has not reached yet (a backlog of new
-    # Agents) is that handler's, and a timer racing it would issue a second certificate and patch in conflict.
-    return bool(status.get("approval") == "Pending")
-
-
 @kopf.on.resume(GROUP, VERSION, "agents")
 @kopf.on.create(GROUP, VERSION, "agents")
 @kopf.on.update(GROUP, VERSION, "agents", field="spec")
 @kopf.on.update(GROUP, VERSION, "agents", field="metadata.annotations")
 async def agent_changed(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    await _guarded(context_of(memo), body, kwargs["groups_by_name"])
-
-
-@kopf.timer(GROUP, VERSION, "agents", interval=30.0, initial_delay=30.0,
-            when=_is_pending)
-async def agent_pending(*, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    """Re-judge pending agents: the group's policy may have changed to AutoApprove or Reject meanwhile."""
     await _guarded(context_of(memo), body, kwargs["groups_by_name"])
 
 

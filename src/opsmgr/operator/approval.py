@@ -7,11 +7,12 @@ approved or rejected, as in Operations Manager, where the policy applies to new 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from opsmgr.api.agent import Approval
 from opsmgr.api.management_group import ApprovalPolicy
+from opsmgr.operator.indexes import AgentEntry
 from opsmgr.operator.names import APPROVAL_ANNOTATION
 
 
@@ -56,6 +57,16 @@ def _by_annotation(requested: str, current: Approval) -> ApprovalDecision:
     return ApprovalDecision(current, "InvalidApprovalAnnotation",
                             f"annotation {APPROVAL_ANNOTATION}={requested!r} is neither Approved nor Rejected; "
                             "set it to one of them or remove it")
+
+
+def to_rejudge(policy: ApprovalPolicy, agents: Iterable[AgentEntry]) -> list[AgentEntry]:
+    """The Agents to judge again under `policy`: those judged Pending and not yet asked under it, when the policy
+    decides by itself; none under Review, which waits for a person. New Agents are their own handler's.
+    """
+    if policy is ApprovalPolicy.REVIEW:
+        return []
+    return [a for a in agents if a.judged and a.approval == Approval.PENDING.value and not a.deleting
+            and a.asked_policy != policy.value]
 
 
 def withdrawn(previous: Approval, now: Approval) -> bool:

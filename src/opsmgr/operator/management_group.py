@@ -23,6 +23,7 @@ from opsmgr.api.common import GROUP, VERSION
 from opsmgr.api.conditions import READY, is_condition_true, set_condition, summarize_ready
 from opsmgr.api.management_group import AgentCounts, Endpoints, ServerCounts
 from opsmgr.operator import render
+from opsmgr.operator.approval import to_rejudge
 from opsmgr.operator.assignment import Assignment, assign
 from opsmgr.operator.certificates import (
     CaOutcome,
@@ -35,7 +36,7 @@ from opsmgr.operator.certificates import (
 from opsmgr.operator.context import OperatorContext, context_of
 from opsmgr.operator.indexes import AgentEntry, GatewayEntry, entries
 from opsmgr.operator.kube import Kube, KubeError, Ref
-from opsmgr.operator.names import RENEW_ANNOTATION, GroupNames, selector
+from opsmgr.operator.names import POLICY_ANNOTATION, RENEW_ANNOTATION, GroupNames, selector
 from opsmgr.operator.readiness import (
     CERTIFICATES_READY,
     DATABASES_READY,
@@ -294,6 +295,16 @@ def renewals_due(group: ManagementGroup, agents: list[AgentEntry], now: datetime
     return due
 
 
+async def _rejudge_pending(kube: Kube, group: ManagementGroup, agents: list[AgentEntry]) -> None:
+    """Wake the handler of each Pending Agent the group's policy now decides, through an annotation: a timer on
+    every Agent did this before, and kopf keeps a copy of every object that has a timer (10,000 Agents).
+    """
+    policy = group.spec.approval_policy
+    for agent in to_rejudge(policy, agents):
+        ref = Ref(f"{GROUP}/{VERSION}", "Agent", agent.namespace, agent.name)
+        await kube.merge_patch(ref, {"metadata": {"annotations": {POLICY_ANNOTATION: policy.value}}})
+
+
 async def _request_renewals(kube: Kube, group: ManagementGroup, agents: list[AgentEntry], now: datetime) -> None:
     names = render.group_names(group)
     for name in renewals_due(group, agents, now):
@@ -322,6 +333,7 @@ async def reconcile(context: OperatorContext, body: Mapping[str, Any], agents_in
             exists, ready = await _servers(context, group, databases.uris, certificates.tls_data, start)
         moved = await _rebalance(context.kube, group, agents)
         await _request_renewals(context.kube, group, agents, now)
+        await _rejudge_pending(context.kube, group, agents)
         if moved:
             logger.info(f"rebalanced {moved} agent(s) across {group.spec.servers.replicas} server(s)")
         desired = group.spec.servers.replicas

@@ -20,6 +20,9 @@ PARENT_TASK_LABEL = f"{PREFIX}/parent-task"
 APPROVAL_ANNOTATION = f"{PREFIX}/approval"
 # The group's timer sets this on an in-cluster agent whose certificate is due; the change wakes the agent handler.
 RENEW_ANNOTATION = f"{PREFIX}/renew-requested"
+# The group's approval policy an Agent was last asked to be judged by: set on Pending Agents when the policy
+# changes to one that decides (AutoApprove, Reject), which wakes their handler.
+POLICY_ANNOTATION = f"{PREFIX}/approval-policy"
 CONFIG_HASH_ANNOTATION = f"{PREFIX}/config-hash"
 CA_NOT_AFTER_ANNOTATION = f"{PREFIX}/not-after"
 MANAGED_BY = "opsmgr-operator"

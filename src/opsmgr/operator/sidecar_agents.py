@@ -27,8 +27,6 @@ from opsmgr.operator.render_agents import (
     AGENT_GROUP_ANNOTATION,
     CONFIG_ANNOTATION,
     MB,
-    PLACEMENT_LABEL,
-    POD_LABEL,
     RETIRING_ANNOTATION,
     render_sidecar_agent,
 )
@@ -111,28 +109,28 @@ async def injected_pod(*, event: kopf.RawEvent, memo: Any, logger: kopf.Logger, 
         logger.warning(f"Agent {namespace}/{agent} ({step.value}): {error}")
 
 
-@kopf.timer(GROUP, VERSION, "agents", interval=SWEEP_SECONDS, initial_delay=SWEEP_SECONDS,
-            labels={PLACEMENT_LABEL: "Sidecar"})
-async def sidecar_agent_sweep(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
-    """Retire a sidecar Agent whose pod vanished without a trace (no event reached us) once it was quiet enough."""
+@kopf.timer(GROUP, VERSION, "managementgroups", interval=SWEEP_SECONDS, initial_delay=SWEEP_SECONDS)
+async def sidecar_agents_swept(*, body: kopf.Body, memo: Any, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Retire the group's sidecar Agents whose pod vanished without a trace (no event reached us) once they were
+    quiet long enough. One timer per group, not per Agent: kopf keeps a copy of every object that has a timer, and
+    for 10,000 Agents those copies were a large part of the operator's memory.
+    """
     meta = body.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return
-    namespace, name = meta.get("namespace", ""), meta.get("name", "")
-    pod_name = (meta.get("labels") or {}).get(POD_LABEL, name)
-    owner_uid = next((o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("kind") == "Pod"), None)
-    reference = (body.get("spec") or {}).get("managementGroupRef") or {}
-    found = entries(kwargs["groups_by_name"], (reference.get("namespace") or namespace, reference.get("name", "")))
-    spec = SidecarAgentsSpec.model_validate((found[0].get("spec") or {}).get("sidecarAgents") or {}) if found \
-        else SidecarAgentsSpec()
+    spec = SidecarAgentsSpec.model_validate((body.get("spec") or {}).get("sidecarAgents") or {})
+    retire_after = parse_duration(spec.retire_after)
     context = context_of(memo)
-    pod = await context.kube.get("v1", "Pod", namespace, pod_name)
-    exists = pod is not None and (owner_uid is None or pod["metadata"].get("uid") == owner_uid)
-    status = body.get("status") or {}
-    heartbeat = status.get("lastHeartbeatTime")
-    if vanished(datetime.now(UTC), pod_exists=exists, created=datetime.fromisoformat(meta["creationTimestamp"]),
-                last_heartbeat=datetime.fromisoformat(heartbeat) if heartbeat else None,
-                retire_after=parse_duration(spec.retire_after)):
-        await retire(context, namespace, name, "PodVanished")
-        logger.info(f"Agent {namespace}/{name} retired: its pod {pod_name} is gone and it has been silent for "
-                    f"{spec.retire_after}")
+    now = datetime.now(UTC)
+    for agent in entries(kwargs["sidecar_agents_by_group"], (meta.get("namespace", ""), meta.get("name", ""))):
+        created = datetime.fromisoformat(agent.created)
+        heartbeat = datetime.fromisoformat(agent.last_heartbeat) if agent.last_heartbeat else None
+        # Only an Agent quiet for the whole period costs a read of its pod.
+        if not vanished(now, pod_exists=False, created=created, last_heartbeat=heartbeat, retire_after=retire_after):
+            continue
+        try:
+            pod = await context.kube.get("v1", "Pod", agent.namespace, agent.pod)
+            if pod is None or (agent.pod_uid is not None and pod["metadata"].get("uid") != agent.pod_uid):
+                await retire(context, agent.namespace, agent.name, "PodVanished")
+                logger.info(f"Agent {agent.namespace}/{agent.name} retired: its pod {agent.pod} is gone and it has "
+                            f"been silent for {spec.retire_after}")
+        except KubeError as error:  # the next sweep tries again; one Agent must not stop the others
+            logger.warning(f"sweeping Agent {agent.namespace}/{agent.name}: {error}")

@@ -86,6 +86,21 @@ def test_review_waits_for_a_person_and_a_withdrawn_approval_revokes_the_certific
     eventually(lambda: get_or_none(kubectl, "secret", "node-v-tls") is None, what="the certificate Secret gone")
 
 
+def test_pending_agents_are_judged_again_when_the_group_policy_changes_to_one_that_decides(kubectl: Kubectl) -> None:
+    kubectl.create(group("switched", "Review"))
+    for name in ("node-p1", "node-p2"):
+        kubectl.create(agent(name, "switched"))
+    for name in ("node-p1", "node-p2"):
+        eventually(functools.partial(approval_is, kubectl, name, "Pending"), what=f"{name} Pending")
+    kubectl.run("patch", "managementgroup", "switched", "--type=merge", "-p",
+                json.dumps({"spec": {"approvalPolicy": "AutoApprove"}}))
+    for name in ("node-p1", "node-p2"):
+        eventually(functools.partial(approval_is, kubectl, name, "Approved"), what=f"{name} approved by the policy")
+        reason = (condition(get_or_none(kubectl, "agent", name), "Approved") or {}).get("reason")
+        assert reason == "AutoApproved"
+    eventually(lambda: get_or_none(kubectl, "secret", "node-p1-tls") is not None, what="a certificate Secret")
+
+
 def test_deleting_an_agent_revokes_its_certificate(kubectl: Kubectl) -> None:
     kubectl.create(group("fleet", "AutoApprove"))
     kubectl.create(agent("node-d", "fleet"))

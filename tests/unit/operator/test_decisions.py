@@ -13,8 +13,9 @@ from opsmgr.api.conditions import Condition, ConditionStatus
 from opsmgr.api.management_group import ApprovalPolicy, DatabaseMode
 from opsmgr.api.management_pack import ManagementPackSpec, Task, TaskParameter
 from opsmgr.api.pack_validation import pack_problems
-from opsmgr.operator.approval import decide_approval, withdrawn
+from opsmgr.operator.approval import decide_approval, to_rejudge, withdrawn
 from opsmgr.operator.assignment import assign, load, missing_servers
+from opsmgr.operator.indexes import AgentEntry
 from opsmgr.operator.names import APPROVAL_ANNOTATION
 from opsmgr.operator.readiness import (
     AgentFacts,
@@ -248,3 +249,18 @@ def test_a_new_agent_turning_every_condition_true_is_one_event_and_each_failure_
                                "Assigned is True: server-0")
     assert made[1].message == "CertificateIssued is False: the CA Secret is missing"
     assert announcements([]) == []
+
+
+def _entry(name: str, approval: str, *, judged: bool = True, asked: str | None = None,
+           deleting: bool = False) -> AgentEntry:
+    return AgentEntry(namespace="ops", name=name, fqdn=f"{name}.example.com", approval=approval, judged=judged,
+                      asked_policy=asked, health="Unknown", placement="Node", labels=(), pinned_primary=None,
+                      pinned_failover=(), primary=None, failover=(), certificate_not_after=None, deleting=deleting)
+
+
+def test_a_policy_that_decides_wakes_the_judged_pending_agents_once_and_review_wakes_none() -> None:
+    agents = [_entry("pending", "Pending"), _entry("new", "Pending", judged=False), _entry("approved", "Approved"),
+              _entry("asked", "Pending", asked="AutoApprove"), _entry("going", "Pending", deleting=True)]
+    assert [a.name for a in to_rejudge(ApprovalPolicy.AUTO_APPROVE, agents)] == ["pending"]
+    assert [a.name for a in to_rejudge(ApprovalPolicy.REJECT, agents)] == ["pending", "asked"]
+    assert to_rejudge(ApprovalPolicy.REVIEW, agents) == []
