@@ -26,7 +26,7 @@ PLAN: dict[str, dict[str, list[str] | None]] = {
     "bench_server_ingest": {"short": ["--batches", "20", "--runs", "3"], "full": []},
     "bench_agent_collection": {"short": ["--seconds", "20", "--warmup", "5"], "full": []},
     "bench_agent_imports": {"short": [], "full": []},
-    "bench_operator": {"short": ["100"], "full": []},
+    "bench_operator": {"short": ["100"], "full": ["10000"]},
     "bench_fleet": {"short": ["--agents", "1000", "--heartbeat-seconds", "10", "--batch-seconds", "10",
                               "--steady-seconds", "30", "--runs", "3"],
                     "full": ["--agents", "10000", "--steady-seconds", "120", "--runs", "3"]},
