@@ -102,6 +102,11 @@ def _install(cluster: LocalCluster) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE)
 
 
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def _baseline(cluster: LocalCluster, agents: int) -> float:
     """Seconds the API server takes to create the same Agents with no operator running (then deleted again)."""
     cluster.kubectl("create", "namespace", "baseline")
@@ -146,6 +151,7 @@ def main(agents: int) -> None:
             time.sleep(0.5)
         requests_before = _handler_requests(metrics_port)
         all_before = _apiserver_requests(cluster)
+        cpu_before = _cpu_seconds(process.pid)
         start = time.perf_counter()
         created = _create_agents(cluster, NAMESPACE, agents)
         ready = 0
@@ -153,6 +159,7 @@ def main(agents: int) -> None:
             time.sleep(2)
             ready = _ready_count(cluster)
         elapsed = time.perf_counter() - start
+        cpu = _cpu_seconds(process.pid) - cpu_before
         requests = _handler_requests(metrics_port) - requests_before
         all_requests = _apiserver_requests(cluster) - all_before
         # What the operator keeps for N Agents once the burst is over (the peak holds the burst's garbage too).
@@ -164,6 +171,8 @@ def main(agents: int) -> None:
               f"({agents / elapsed:.1f} agents/s; {elapsed / baseline:.2f} x the baseline's creation time)")
         print(f"operator RSS: peak {peak[0] / 2**20:.0f} MiB, {SETTLE_SECONDS} s after the last Ready "
               f"{settled / 2**20:.0f} MiB")
+        print(f"operator CPU: {cpu:.0f} s, {cpu / elapsed:.0%} of one core over the run "
+              f"({cpu / agents * 1000:.1f} ms per Agent)")
         print(f"handler API requests: {requests:.0f} ({requests / elapsed:.1f}/s, {requests / agents:.2f} per agent)")
         print(f"API server requests, all clients: {all_requests:.0f} ({all_requests / elapsed:.1f}/s, "
               f"{all_requests / agents:.2f} per agent)")
