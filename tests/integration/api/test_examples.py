@@ -40,7 +40,7 @@ def test_management_group_without_a_spec_gets_every_operations_manager_default(k
     stored = kubectl.create({"apiVersion": "opsmgr.io/v1alpha1", "kind": "ManagementGroup",
                              "metadata": {"name": "defaults"}})
     spec = stored["spec"]
-    assert spec["heartbeat"] == {"intervalSeconds": 60, "missedThreshold": 4}
+    assert spec["heartbeat"] == {"intervalSeconds": 60, "missedThreshold": 4, "statusUpdateSeconds": 180}
     assert spec["agentPort"] == 5723
     assert spec["retention"] == {"operationalDays": 7, "warehouseRawDays": 10, "warehouseAggregatedDays": 400,
                                  "alertDays": 400}
