@@ -17,8 +17,9 @@ DEFAULT_POSTGRES_IMAGE = "postgres:16"
 CA_CACHE_SECONDS = 30.0
 # Agent reconciles in flight at once. kopf runs one worker per object without a limit (see main.startup), so 10,000
 # new Agents started 10,000 reconciles together: each held its parsed group and Agent while waiting for the API
-# server, the operator grew past 1 GB, and the API server answered 429. A few dozen keep the connection pool busy.
-AGENT_RECONCILES = 32
+# server, the operator grew past 1 GB, and the API server answered 429. As many as the API connection pool
+# (main.API_CONNECTIONS) keeps the pool busy; 32 let the backlog of new Agents, and the memory, grow further.
+AGENT_RECONCILES = 64
 
 
 @dataclass
