@@ -247,31 +247,32 @@ async def _support_files(context: OperatorContext, group: ManagementGroup, agent
     await kube.create(render.render_revocations_config_map(group, []))
 
 
-def desired_assignments(group: ManagementGroup, agents: list[AgentEntry]) -> dict[str, Assignment]:
-    """Where each agent of the group should report now (pure; rebalances when replicas change)."""
+def desired_assignments(group: ManagementGroup, agents: list[AgentEntry]) -> dict[tuple[str, str], Assignment]:
+    """Where each agent of the group should report now, by its (namespace, name): a group takes Agents from any
+    namespace, so a name alone is not unique (pure; rebalances when replicas change).
+    """
     servers = render.group_names(group).server_pods(group.spec.servers.replicas)
     wanted = {}
     for agent in agents:
         assignment = assign(agent.name, servers, agent.pinned_primary, agent.pinned_failover)
         if assignment is not None:
-            wanted[agent.name] = assignment
+            wanted[agent.namespace, agent.name] = assignment
     return wanted
 
 
 async def _rebalance(kube: Kube, group: ManagementGroup, agents: list[AgentEntry]) -> int:
     """Patch the agents whose assignment changed (a scale of the servers); returns how many moved."""
-    names = render.group_names(group)
     wanted = desired_assignments(group, agents)
-    moves = [a for a in agents if a.name in wanted and a.approval != "Pending" and not a.deleting
-             and (a.primary, a.failover) != (wanted[a.name].primary, wanted[a.name].failover)
+    moves = [a for a in agents if (a.namespace, a.name) in wanted and a.approval != "Pending" and not a.deleting
+             and (a.primary, a.failover) != (wanted[a.namespace, a.name].primary, wanted[a.namespace, a.name].failover)
              and a.primary is not None]
     limit = asyncio.Semaphore(REBALANCE_CONCURRENCY)
 
     async def move(agent: AgentEntry) -> None:
-        target = wanted[agent.name]
+        target = wanted[agent.namespace, agent.name]
         async with limit:
             try:
-                await kube.merge_patch(Ref(f"{GROUP}/{VERSION}", "Agent", names.namespace, agent.name),
+                await kube.merge_patch(Ref(f"{GROUP}/{VERSION}", "Agent", agent.namespace, agent.name),
                                        {"status": {"primaryServer": target.primary,
                                                    "failoverServers": list(target.failover)}},
                                        subresource="status")
@@ -283,7 +284,7 @@ async def _rebalance(kube: Kube, group: ManagementGroup, agents: list[AgentEntry
     return len(moves)
 
 
-def renewals_due(group: ManagementGroup, agents: list[AgentEntry], now: datetime) -> list[str]:
+def renewals_due(group: ManagementGroup, agents: list[AgentEntry], now: datetime) -> list[AgentEntry]:
     """Approved in-cluster agents whose certificate is due for renewal (the operator holds their key)."""
     _, renew_before = leaf_lifetimes(group)
     due = []
@@ -291,7 +292,7 @@ def renewals_due(group: ManagementGroup, agents: list[AgentEntry], now: datetime
         if agent.approval != "Approved" or agent.placement == "Host" or agent.deleting:
             continue
         if agent.certificate_not_after and datetime.fromisoformat(agent.certificate_not_after) - renew_before <= now:
-            due.append(agent.name)
+            due.append(agent)
     return due
 
 
@@ -306,9 +307,8 @@ async def _rejudge_pending(kube: Kube, group: ManagementGroup, agents: list[Agen
 
 
 async def _request_renewals(kube: Kube, group: ManagementGroup, agents: list[AgentEntry], now: datetime) -> None:
-    names = render.group_names(group)
-    for name in renewals_due(group, agents, now):
-        ref = Ref(f"{GROUP}/{VERSION}", "Agent", names.namespace, name)
+    for agent in renewals_due(group, agents, now):
+        ref = Ref(f"{GROUP}/{VERSION}", "Agent", agent.namespace, agent.name)
         await kube.merge_patch(ref, {"metadata": {"annotations": {RENEW_ANNOTATION: now.isoformat()}}})
 
 

@@ -122,6 +122,52 @@ def test_scaling_the_servers_rebalances_agents(kubectl: Kubectl) -> None:
                what="some agents moved to the new server")
 
 
+@pytest.fixture
+def other_namespace(kubectl: Kubectl) -> Any:
+    """A second namespace: a group takes Agents from any namespace that names it."""
+    name = f"{kubectl.namespace}-other"
+    kubectl.cluster.kubectl("create", "namespace", name)
+    yield Kubectl(kubectl.cluster, name)
+    kubectl.cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+def in_group_of(document: dict[str, Any], group_namespace: str) -> dict[str, Any]:
+    document["spec"]["managementGroupRef"]["namespace"] = group_namespace
+    return document
+
+
+def test_agents_in_any_namespace_are_rebalanced_and_renewed(kubectl: Kubectl, other_namespace: Kubectl) -> None:
+    # Certificates valid for an hour and renewed 15 s after issue: the group's pass must renew them in time.
+    spec = group("renewing", "AutoApprove")
+    spec["spec"]["certificates"] = {"validity": "1h", "renewBefore": "59m45s"}
+    kubectl.create(spec)
+    kubectl.create(agent("near", "renewing"))
+    other_namespace.create(in_group_of(agent("far", "renewing"), kubectl.namespace))
+    places = ((kubectl, "near"), (other_namespace, "far"))
+    first = {name: eventually(functools.partial(serial_of, k, name), what=f"{name}'s certificate")
+             for k, name in places}
+    for k, name in places:
+        eventually(functools.partial(renewed, k, name, first[name]), timeout=60, what=f"{name}'s certificate renewed")
+    kubectl.run("patch", "managementgroup", "renewing", "--type=merge", "-p",
+                json.dumps({"spec": {"servers": {"replicas": 1}}}))
+    for k, name in places:
+        eventually(functools.partial(alone_on_server_0, k, name), timeout=40,
+                   what=f"{name} moved onto the one server left")
+
+
+def serial_of(kubectl: Kubectl, name: str) -> str | None:
+    return (status_of(kubectl, name, "certificate") or {}).get("serialNumber")
+
+
+def renewed(kubectl: Kubectl, name: str, first: str) -> bool:
+    return serial_of(kubectl, name) not in (None, first)
+
+
+def alone_on_server_0(kubectl: Kubectl, name: str) -> bool:
+    return bool(status_of(kubectl, name, "primaryServer") == "renewing-server-0"
+                and status_of(kubectl, name, "failoverServers") in (None, []))
+
+
 @pytest.mark.parametrize("selector_role", ["db"])
 def test_a_selector_task_fans_out_to_one_child_per_agent_and_sums_them_up(kubectl: Kubectl,
                                                                           selector_role: str) -> None:
