@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from opsmgr.agent.config import AgentConfig, AgentConfigError, load_config
-from opsmgr.agent.identity_store import IdentityError
+from opsmgr.agent.identity import IdentityError
 from opsmgr.agent.queue import QueueError
 from opsmgr.agent.service import AgentRefused, run_agent
 
