@@ -163,6 +163,7 @@ class ReplayWorker:
     def __init__(self, spec: ReplaySpec, reports: multiprocessing.Queue[Any], go: MpEvent, stop: MpEvent) -> None:
         self.spec, self.reports, self.go, self.stop = spec, reports, go, stop
         self.loop_lag: list[tuple[float, float]] = []
+        self.identities: dict[int, IdentityFiles] = {}
 
     async def run(self) -> None:
         queues = await asyncio.gather(*(self._prepare(index, key, certificate)
@@ -214,6 +215,10 @@ class ReplayWorker:
         (identity / KEY_FILE).write_bytes(key_pem)
         (identity / CERTIFICATE_FILE).write_bytes(certificate_pem)
         (identity / CA_FILE).write_bytes(self.spec.ca_pem)
+        # Checked before the go, as `opsmgr agent` checks its identity before it connects: the identity helper
+        # process then runs again only if the files change, never during the replay.
+        self.identities[index] = IdentityFiles(identity)
+        await asyncio.to_thread(self.identities[index].load)
         agent_queue = await TimedQueue.open(home / "queue.sqlite")
         assert isinstance(agent_queue, TimedQueue)
         items = queued_items(index, self.spec.items, datetime.now(UTC))
@@ -224,8 +229,7 @@ class ReplayWorker:
     def _connection(self, index: int, agent_queue: DiskQueue) -> ServerConnection:
         settings = ConnectionSettings(primary=f"127.0.0.1:{self.spec.port}", tls_server_name=TARGET_NAME,
                                       renew=False, heartbeat_seconds=None)
-        connection = ServerConnection(settings, AgentFacts(agent_name(index)), agent_queue,
-                                      IdentityFiles(self.spec.folder / agent_name(index) / "identity"))
+        connection = ServerConnection(settings, AgentFacts(agent_name(index)), agent_queue, self.identities[index])
         return connection
 
     async def _measure_loop_lag(self) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import grpc
 from grpc import aio
 
 from opsmgr import __version__
@@ -117,6 +118,11 @@ class ConnectionState:
     trust_updates: int = 0
     rejected_batches: int = 0
     servers_welcomed: list[str] = field(default_factory=list)
+
+
+def channel_credentials(identity: AgentIdentity) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=identity.trust_pem, private_key=identity.key_pem,
+                                        certificate_chain=identity.chain_pem)
 
 
 def _encode(message: pb.AgentMessage | bytes) -> bytes:
@@ -239,7 +245,7 @@ class ServerConnection:
         except IdentityError as exc:
             return _Failed(str(exc), welcomed=False)
         self.state.server = server
-        channel = aio.secure_channel(server, identity.credentials(), options=self._options())
+        channel = aio.secure_channel(server, channel_credentials(identity), options=self._options())
         stream: _Stream | None = None
         try:
             call = channel.stream_stream(METHOD, request_serializer=_encode,
@@ -294,7 +300,7 @@ class ServerConnection:
             identity = await asyncio.to_thread(self.identity.load)
         except IdentityError:
             return False
-        channel = aio.secure_channel(server, identity.credentials(), options=self._options())
+        channel = aio.secure_channel(server, channel_credentials(identity), options=self._options())
         try:
             async with asyncio.timeout(self.settings.probe_timeout_seconds):
                 await channel.channel_ready()

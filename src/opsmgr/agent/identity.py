@@ -19,8 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from opsmgr.pki.names import CA_FILE, CERTIFICATE_FILE, KEY_FILE
 
 HELPER = "opsmgr.agent.identity_helper"
@@ -45,10 +43,6 @@ class AgentIdentity:
     key_pem: bytes
     chain_pem: bytes
     trust_pem: bytes
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.trust_pem, private_key=self.key_pem,
-                                            certificate_chain=self.chain_pem)
 
 
 @dataclass(frozen=True)
