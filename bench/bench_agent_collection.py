@@ -65,6 +65,8 @@ import asyncio, signal, sys
 from pathlib import Path
 from opsmgr.cli import main as command
 command.get_command(None, "agent")  # what `opsmgr agent` imports: its configuration, grpc and its stubs
+from opsmgr.agent.cli import one_malloc_arena
+one_malloc_arena()  # as `opsmgr agent` does before its first thread
 from opsmgr.agent.collection import Collection, CollectionSettings
 from opsmgr.agent.queue import DiskQueue
 from opsmgr.protocol import agent_channel_pb2 as pb
