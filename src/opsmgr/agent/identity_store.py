@@ -67,7 +67,7 @@ def parse_identity(key_pem: bytes, chain_pem: bytes, trust_pem: bytes, fields: t
 
 
 class IdentityStore:
-    """Reads the identity fresh for every connection, so a trust update or renewal applies without a restart."""
+    """Loads, checks and replaces the identity files; the agent reaches it through its identity helper."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
