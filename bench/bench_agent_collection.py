@@ -2,9 +2,9 @@
 
 The child process runs what the agent runs for collection: `Collection` (discovery, the rule scheduler, optimized
 collection) on a pack of 50 performance rules at 10 s, handing items to the real `DiskQueue` (SQLite, WAL, fsync),
-with the gRPC connection module imported as in `opsmgr agent` (no server: nothing is sent, so this is collection's
-cost plus the queue's, not the network's). The parent samples the child's RSS and CPU time from /proc after a
-warm-up. Goals (issue 9): RSS <= 50 MB, CPU <= 1 % of one core.
+with every module `opsmgr agent` imports (the command, its configuration, the gRPC connection; no server: nothing is
+sent, so this is collection's cost plus the queue's, not the network's). The parent samples the child's RSS and CPU
+time from /proc after a warm-up. Goals (issue 9): RSS <= 50 MB, CPU <= 1 % of one core.
 
     .venv/bin/python -m bench.bench_agent_collection [--seconds 90] [--warmup 15]
 """
@@ -63,7 +63,10 @@ def pack() -> list[dict[str, Any]]:
 CHILD = r"""
 import asyncio, signal, sys
 from pathlib import Path
-import opsmgr.agent.connection  # noqa: F401 - the agent process imports grpc and its stubs
+from opsmgr.cli import main as command
+command.get_command(None, "agent")  # what `opsmgr agent` imports: its configuration, grpc and its stubs
+from opsmgr.agent.cli import one_malloc_arena
+one_malloc_arena()  # as `opsmgr agent` does before its first thread
 from opsmgr.agent.collection import Collection, CollectionSettings
 from opsmgr.agent.queue import DiskQueue
 from opsmgr.protocol import agent_channel_pb2 as pb
@@ -91,7 +94,9 @@ asyncio.run(main(work, (work / "packs.json").read_bytes()))
 # The same imports and nothing else: what collection itself adds is the difference.
 IMPORTS_ONLY = r"""
 import time
-import opsmgr.agent.connection, opsmgr.agent.collection, opsmgr.agent.queue  # noqa: F401
+from opsmgr.cli import main
+main.get_command(None, "agent")
+import opsmgr.agent.collection, opsmgr.agent.queue  # noqa: F401
 print("imported", flush=True)
 time.sleep(600)
 """
@@ -145,7 +150,7 @@ def main() -> None:
     print(f"RSS: {memory.rss / 2**20:.1f} MB at the end, peak {peak / 2**20:.1f} MB, at warm-up end "
           f"{rss_start / 2**20:.1f} MB (USS {memory.uss / 2**20:.1f} MB, PSS {memory.pss / 2**20:.1f} MB); "
           f"goal <= 50 MB")
-    print(f"of which imports alone (grpc, protobuf, pydantic and the api models, cryptography, psutil, sqlite3): "
+    print(f"of which imports alone (grpc, protobuf, pydantic and the api models, psutil, sqlite3, click, yaml): "
           f"{floor / 2**20:.1f} MB; collection's own running state: {(memory.rss - floor) / 2**20:.1f} MB")
     print(f"CPU: {100 * cpu_used / wall:.3f} % of one core ({cpu_used:.2f} s in {wall:.0f} s); goal <= 1 %")
     print(f"threads: {threads}; python {sys.version.split()[0]}, pid {os.getpid()} measured child")

@@ -1,7 +1,7 @@
 """The million-item replay: 100 agents with a backlog drain it into both databases while they keep heartbeating.
 
 Each agent is the real agent's data path, not a simulation of it: its own certificate and identity files
-(`IdentityStore`), its own durable queue (`DiskQueue`, SQLite with synchronous=FULL) filled with `--items` bulk-lane
+(`IdentityFiles`), its own durable queue (`DiskQueue`, SQLite with synchronous=FULL) filled with `--items` bulk-lane
 items (3 performance samples to 1 event, stamped within the last hour, as after an outage), and its own
 `ServerConnection` over real mTLS to a real `opsmgr server` process, with real PostgreSQL underneath (fsync on).
 The connection does what it does in production: it seals batches of up to 5,000 items from the queue, keeps the
@@ -63,14 +63,14 @@ from bench.common import (
     write_server_files,
 )
 from opsmgr.agent.connection import AgentFacts, ConnectionSettings, ServerConnection
-from opsmgr.agent.identity_store import IdentityStore
+from opsmgr.agent.identity import IdentityFiles
 from opsmgr.agent.queue import DiskQueue, QueueStatus
 from opsmgr.db.model import Database, Retention
 from opsmgr.db.routing import TABLE_COLUMNS, plan_write
 from opsmgr.db.schema import prepare_database
 from opsmgr.dev.postgres import LocalPostgres, free_port
 from opsmgr.pki import Approval, CertificateAuthority, Identity, Role, create_ca, issue_with_new_key
-from opsmgr.pki.certimport import CA_FILE, CERTIFICATE_FILE, KEY_FILE
+from opsmgr.pki.names import CA_FILE, CERTIFICATE_FILE, KEY_FILE
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.server.convert import to_batch
 from opsmgr.server.tls import restrict_cipher_suites
@@ -163,6 +163,7 @@ class ReplayWorker:
     def __init__(self, spec: ReplaySpec, reports: multiprocessing.Queue[Any], go: MpEvent, stop: MpEvent) -> None:
         self.spec, self.reports, self.go, self.stop = spec, reports, go, stop
         self.loop_lag: list[tuple[float, float]] = []
+        self.identities: dict[int, IdentityFiles] = {}
 
     async def run(self) -> None:
         queues = await asyncio.gather(*(self._prepare(index, key, certificate)
@@ -214,6 +215,10 @@ class ReplayWorker:
         (identity / KEY_FILE).write_bytes(key_pem)
         (identity / CERTIFICATE_FILE).write_bytes(certificate_pem)
         (identity / CA_FILE).write_bytes(self.spec.ca_pem)
+        # Checked before the go, as `opsmgr agent` checks its identity before it connects: the identity helper
+        # process then runs again only if the files change, never during the replay.
+        self.identities[index] = IdentityFiles(identity)
+        await asyncio.to_thread(self.identities[index].load)
         agent_queue = await TimedQueue.open(home / "queue.sqlite")
         assert isinstance(agent_queue, TimedQueue)
         items = queued_items(index, self.spec.items, datetime.now(UTC))
@@ -224,8 +229,7 @@ class ReplayWorker:
     def _connection(self, index: int, agent_queue: DiskQueue) -> ServerConnection:
         settings = ConnectionSettings(primary=f"127.0.0.1:{self.spec.port}", tls_server_name=TARGET_NAME,
                                       renew=False, heartbeat_seconds=None)
-        connection = ServerConnection(settings, AgentFacts(agent_name(index)), agent_queue,
-                                      IdentityStore(self.spec.folder / agent_name(index) / "identity"))
+        connection = ServerConnection(settings, AgentFacts(agent_name(index)), agent_queue, self.identities[index])
         return connection
 
     async def _measure_loop_lag(self) -> None:

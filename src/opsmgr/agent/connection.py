@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import grpc
 from grpc import aio
 
 from opsmgr import __version__
-from opsmgr.agent.identity_store import AgentIdentity, IdentityError, IdentityStore
+from opsmgr.agent.identity import AgentIdentity, IdentityError, IdentityFiles
 from opsmgr.agent.lanes import Lane
 from opsmgr.agent.queue import DiskQueue
 from opsmgr.agent.queue_policy import BatchFate, SendWindow, lane_to_send
 from opsmgr.agent.server_choice import BackoffPolicy, ServerChoice
-from opsmgr.pki import CertificateError, RenewalAction, build_csr, renewal_decision
-from opsmgr.pki.keys import PrivateKey, generate_private_key
-from opsmgr.pki.pem import csr_pem
+from opsmgr.pki.schedule import RenewalAction, decision_by_validity
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_MESSAGE_BYTES
 from opsmgr.protocol.versions import MAX_VERSION, MIN_VERSION
@@ -121,6 +120,11 @@ class ConnectionState:
     servers_welcomed: list[str] = field(default_factory=list)
 
 
+def channel_credentials(identity: AgentIdentity) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=identity.trust_pem, private_key=identity.key_pem,
+                                        certificate_chain=identity.chain_pem)
+
+
 def _encode(message: pb.AgentMessage | bytes) -> bytes:
     # Sealed batches are stored as their wire bytes: sending them must not parse and re-encode thousands of items.
     return message if isinstance(message, bytes) else message.SerializeToString()
@@ -129,11 +133,11 @@ def _encode(message: pb.AgentMessage | bytes) -> bytes:
 class CertificateRenewer:
     """Asks for a new certificate over the stream when renewal is due, and installs what comes back."""
 
-    def __init__(self, store: IdentityStore, fqdn: str, renew_before: timedelta | None) -> None:
+    def __init__(self, store: IdentityFiles, fqdn: str, renew_before: timedelta | None) -> None:
         self._store = store
         self._fqdn = fqdn
         self._renew_before = renew_before
-        self._pending: PrivateKey | None = None
+        self._pending: bytes | None = None  # the new key's PEM while its request waits for the Renewal
         self._warned_expired = False
 
     def reset(self) -> None:
@@ -141,21 +145,20 @@ class CertificateRenewer:
         self._pending = None
 
     async def request_if_due(self, identity: AgentIdentity, now: datetime) -> pb.AgentMessage | None:
-        decision = renewal_decision(identity.certificate, now, renew_before=self._renew_before)
+        decision = decision_by_validity(identity.not_before, identity.not_after, now, renew_before=self._renew_before)
         if decision.action is RenewalAction.REISSUE and not self._warned_expired:
             self._warned_expired = True
             log.error("agent certificate %s: enroll the agent again, the stream cannot renew it", decision.reason)
         if decision.action is not RenewalAction.RENEW or self._pending is not None:
             return None
-
-        def make() -> tuple[PrivateKey, bytes]:
-            key = generate_private_key()
-            return key, csr_pem(build_csr(key, self._fqdn))
-
-        key, csr = await asyncio.to_thread(make)
-        self._pending = key
+        try:
+            request = await asyncio.to_thread(self._store.request_renewal, self._fqdn)
+        except IdentityError as exc:
+            log.error("certificate renewal not requested: %s; the next renewal check tries again", exc)
+            return None
+        self._pending = request.key_pem
         log.info("certificate renewal requested: %s", decision.reason)
-        return pb.AgentMessage(renewal_request=pb.RenewalRequest(csr_pem=csr))
+        return pb.AgentMessage(renewal_request=pb.RenewalRequest(csr_pem=request.csr_pem))
 
     async def install(self, identity: AgentIdentity, renewal: pb.Renewal) -> bool:
         key = self._pending
@@ -166,15 +169,10 @@ class CertificateRenewer:
             self._pending = None  # asked again at the next check, with a new key
             log.error("certificate renewal refused by the server (%s): %s", renewal.refused_reason, renewal.message)
             return False
-
-        def check_and_write() -> None:
-            certificates, trust = self._store.check_renewal(identity, key, renewal.certificate_pem,
-                                                            renewal.trust_bundle_pem, datetime.now(UTC))
-            self._store.write_renewal(key, certificates, trust)
-
         try:
-            await asyncio.to_thread(check_and_write)
-        except (IdentityError, CertificateError, OSError) as exc:
+            await asyncio.to_thread(self._store.install_renewal, identity, key, renewal.certificate_pem,
+                                    renewal.trust_bundle_pem)
+        except IdentityError as exc:
             log.error("certificate renewal not installed: %s", exc)
             return False
         finally:
@@ -186,7 +184,7 @@ class CertificateRenewer:
 class ServerConnection:
     """Keeps one stream open to the right management server for the agent's life; see the module docstring."""
 
-    def __init__(self, settings: ConnectionSettings, facts: AgentFacts, queue: DiskQueue, identity: IdentityStore, *,
+    def __init__(self, settings: ConnectionSettings, facts: AgentFacts, queue: DiskQueue, identity: IdentityFiles, *,
                  task_handler: TaskHandler | None = None, config_listener: ConfigListener | None = None,
                  rng: Callable[[], float] = random.random) -> None:
         self.settings = settings
@@ -247,7 +245,7 @@ class ServerConnection:
         except IdentityError as exc:
             return _Failed(str(exc), welcomed=False)
         self.state.server = server
-        channel = aio.secure_channel(server, identity.credentials(), options=self._options())
+        channel = aio.secure_channel(server, channel_credentials(identity), options=self._options())
         stream: _Stream | None = None
         try:
             call = channel.stream_stream(METHOD, request_serializer=_encode,
@@ -302,7 +300,7 @@ class ServerConnection:
             identity = await asyncio.to_thread(self.identity.load)
         except IdentityError:
             return False
-        channel = aio.secure_channel(server, identity.credentials(), options=self._options())
+        channel = aio.secure_channel(server, channel_credentials(identity), options=self._options())
         try:
             async with asyncio.timeout(self.settings.probe_timeout_seconds):
                 await channel.channel_ready()
@@ -513,7 +511,7 @@ class _Stream:
     async def _on_trust_update(self, update: pb.TrustUpdate) -> None:
         try:
             await asyncio.to_thread(self.owner.identity.write_trust, update.trust_bundle_pem)
-        except (CertificateError, OSError) as exc:
+        except IdentityError as exc:
             log.error("trust update not applied: %s", exc)
             return
         self.owner.state.trust_updates += 1

@@ -26,7 +26,8 @@ from cryptography.x509.oid import NameOID
 from grpc import aio
 
 from opsmgr import __version__
-from opsmgr.agent.identity_store import IdentityError, IdentityStore
+from opsmgr.agent.identity import IdentityError
+from opsmgr.agent.identity_store import IdentityStore
 from opsmgr.pki import CertificateError, TrustBundle, build_csr, generate_private_key, verify_chain
 from opsmgr.pki.keys import PrivateKey, same_public_key
 from opsmgr.pki.names import normalize_fqdn

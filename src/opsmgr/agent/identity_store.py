@@ -5,6 +5,9 @@ A renewal changes three files that only work together, so it is journaled: the n
 beside the old ones, then a commit marker, then the renames. Whoever opens the directory next (this process or
 the agent after a crash) finishes a committed renewal or discards an uncommitted one, so the agent never starts
 with a key that does not match its certificate.
+
+This module loads cryptography: `opsmgr enroll` and the agent's short-lived identity helper use it, the
+long-running agent never imports it (see `opsmgr.agent.identity`).
 """
 
 from __future__ import annotations
@@ -14,67 +17,73 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 
+from opsmgr.agent.identity import (
+    COMMIT_MARKER,
+    IDENTITY_FILES,
+    PENDING_SUFFIX,
+    AgentIdentity,
+    IdentityError,
+    read_identity_files,
+)
 from opsmgr.pki import CertificateError, TrustBundle, verify_chain
-from opsmgr.pki.certimport import CA_FILE, CERTIFICATE_FILE, KEY_FILE
 from opsmgr.pki.keys import PrivateKey, same_public_key
+from opsmgr.pki.names import CA_FILE, CERTIFICATE_FILE, KEY_FILE
 from opsmgr.pki.pem import certificate_pem, load_certificates, load_private_key, private_key_pem
-from opsmgr.pki.verify import certificate_identity
-
-COMMIT_MARKER = "renewal.commit"
-_PENDING = ".new"
-_FILES = (KEY_FILE, CERTIFICATE_FILE, CA_FILE)
-
-
-class IdentityError(RuntimeError):
-    """The identity directory cannot be used; the message names the file and the fix."""
+from opsmgr.pki.verify import certificate_identity, common_name
 
 
 @dataclass(frozen=True)
-class AgentIdentity:
+class ParsedIdentity:
     key: PrivateKey
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     trust: TrustBundle
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.trust.pem(), private_key=private_key_pem(self.key),
-                                            certificate_chain=certificate_pem([self.certificate, *self.chain]))
+    def facts(self) -> AgentIdentity:
+        """What the long-running agent keeps: PEM bytes for gRPC, and the name, serial and validity."""
+        return AgentIdentity(name=common_name(self.certificate) or "",
+                             serial=format(self.certificate.serial_number, "x"),
+                             not_before=self.certificate.not_valid_before_utc,
+                             not_after=self.certificate.not_valid_after_utc, key_pem=private_key_pem(self.key),
+                             chain_pem=certificate_pem([self.certificate, *self.chain]), trust_pem=self.trust.pem())
+
+
+def parse_identity(key_pem: bytes, chain_pem: bytes, trust_pem: bytes, fields: tuple[str, str, str]) -> ParsedIdentity:
+    """Key, certificates and trust, with the leaf found by the key; `fields` name the three sources in errors."""
+    key_field, certificate_field, trust_field = fields
+    try:
+        key = load_private_key(key_pem, field=key_field)
+        certificates = load_certificates(chain_pem, certificate_field)
+        trust = TrustBundle.from_pem(trust_pem, trust_field)
+    except CertificateError as exc:
+        raise IdentityError(str(exc)) from exc
+    leaf = next((c for c in certificates if same_public_key(c.public_key(), key.public_key())), None)
+    if leaf is None:
+        raise IdentityError(f"{key_field} does not belong to the certificate in {certificate_field}: "
+                            "install the key generated with this certificate's request")
+    return ParsedIdentity(key, leaf, tuple(c for c in certificates if c is not leaf), trust)
 
 
 class IdentityStore:
-    """Reads the identity fresh for every connection, so a trust update or renewal applies without a restart."""
+    """Loads, checks and replaces the identity files; the agent reaches it through its identity helper."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def load(self) -> AgentIdentity:
+    def load(self) -> ParsedIdentity:
         self.recover()
-        paths = {name: self.directory / name for name in _FILES}
-        try:
-            data = {name: path.read_bytes() for name, path in paths.items()}
-        except OSError as exc:
-            raise IdentityError(f"certificates.directory: {exc.filename} cannot be read ({exc.strerror}): run "
-                                "`opsmgr certimport` or enroll the agent so tls.crt, tls.key and ca.crt exist") from exc
-        try:
-            key = load_private_key(data[KEY_FILE], field=str(paths[KEY_FILE]))
-            certificates = load_certificates(data[CERTIFICATE_FILE], str(paths[CERTIFICATE_FILE]))
-            trust = TrustBundle.from_pem(data[CA_FILE], str(paths[CA_FILE]))
-        except CertificateError as exc:
-            raise IdentityError(str(exc)) from exc
-        leaf = next((c for c in certificates if same_public_key(c.public_key(), key.public_key())), None)
-        if leaf is None:
-            raise IdentityError(f"{paths[KEY_FILE]} does not belong to the certificate in {paths[CERTIFICATE_FILE]}: "
-                                "install the key generated with this certificate's request")
-        return AgentIdentity(key, leaf, tuple(c for c in certificates if c is not leaf), trust)
+        key, certificate, trust = read_identity_files(self.directory)
+        return parse_identity(key, certificate, trust, (str(self.directory / KEY_FILE),
+                                                        str(self.directory / CERTIFICATE_FILE),
+                                                        str(self.directory / CA_FILE)))
 
     def recover(self) -> None:
         """Finish a committed renewal, or discard an interrupted one (the old identity is still whole)."""
         committed = (self.directory / COMMIT_MARKER).exists()
-        for name in _FILES:
-            pending = self.directory / f"{name}{_PENDING}"
+        for name in IDENTITY_FILES:
+            pending = self.directory / f"{name}{PENDING_SUFFIX}"
             if pending.exists():
                 if committed:
                     os.replace(pending, self.directory / name)
@@ -85,7 +94,7 @@ class IdentityStore:
             (self.directory / COMMIT_MARKER).unlink()
             _sync_directory(self.directory)
 
-    def check_renewal(self, current: AgentIdentity, key: PrivateKey, certificate_pem_bytes: bytes,
+    def check_renewal(self, current: ParsedIdentity, key: PrivateKey, certificate_pem_bytes: bytes,
                       trust_pem: bytes, now: datetime) -> tuple[list[x509.Certificate], TrustBundle]:
         """The new chain and trust, once they are proven to fit: our new key, our identity, a chain to the trust."""
         certificates = load_certificates(certificate_pem_bytes, "Renewal.certificate_pem")
@@ -105,7 +114,7 @@ class IdentityStore:
         contents = {KEY_FILE: private_key_pem(key), CERTIFICATE_FILE: certificate_pem(certificates),
                     CA_FILE: trust.pem()}
         for name, data in contents.items():
-            _write_private(self.directory, f"{name}{_PENDING}", data)
+            _write_private(self.directory, f"{name}{PENDING_SUFFIX}", data)
         _sync_directory(self.directory)
         _write_private(self.directory, COMMIT_MARKER, b"")
         _sync_directory(self.directory)
@@ -114,8 +123,8 @@ class IdentityStore:
     def write_trust(self, trust_pem: bytes) -> TrustBundle:
         """Replace ca.crt alone (a TrustUpdate): one atomic rename."""
         trust = TrustBundle.from_pem(trust_pem, "TrustUpdate.trust_bundle_pem")
-        _write_private(self.directory, f"{CA_FILE}{_PENDING}.trust", trust.pem())  # not a journal name: alone
-        os.replace(self.directory / f"{CA_FILE}{_PENDING}.trust", self.directory / CA_FILE)
+        _write_private(self.directory, f"{CA_FILE}{PENDING_SUFFIX}.trust", trust.pem())  # not a journal name: alone
+        os.replace(self.directory / f"{CA_FILE}{PENDING_SUFFIX}.trust", self.directory / CA_FILE)
         _sync_directory(self.directory)
         return trust
 

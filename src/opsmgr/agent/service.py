@@ -12,7 +12,7 @@ from opsmgr.agent import host_role
 from opsmgr.agent.collection import Collection
 from opsmgr.agent.config import AgentConfig
 from opsmgr.agent.connection import AgentFacts, ServerConnection
-from opsmgr.agent.identity_store import IdentityError, IdentityStore
+from opsmgr.agent.identity import IdentityError, IdentityFiles
 from opsmgr.agent.queue import DiskQueue
 from opsmgr.agent.queue_policy import QueueHealth, percent_used, queue_health
 from opsmgr.agent.sink import HealthState, computer_key, performance, state_change
@@ -63,7 +63,7 @@ class SendQueueMonitor:
             await asyncio.sleep(interval_seconds)
 
 
-async def wait_for_identity(identity: IdentityStore, stop: asyncio.Event,
+async def wait_for_identity(identity: IdentityFiles, stop: asyncio.Event,
                             poll_seconds: float = IDENTITY_POLL_SECONDS) -> bool:
     """Wait until the identity directory holds a usable identity; False when stopped first."""
     reported = ""
@@ -87,7 +87,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         reason = await asyncio.to_thread(host_role.refusal)
         if reason is not None:
             raise AgentRefused(reason)
-    identity = IdentityStore(config.certificates.directory)
+    identity = IdentityFiles(config.certificates.directory)
     if config.certificates.wait_for_identity and not await wait_for_identity(identity, stop):
         return
     await asyncio.to_thread(identity.load)  # a missing or mismatched identity fails now, with its fix

@@ -14,7 +14,7 @@ from cryptography import x509
 from opsmgr.pki.ca import TrustBundle
 from opsmgr.pki.errors import CertificateError, Check
 from opsmgr.pki.keys import PrivateKey, same_public_key
-from opsmgr.pki.names import Identity, Role, normalize_fqdn
+from opsmgr.pki.names import CA_FILE, CERTIFICATE_FILE, KEY_FILE, Identity, Role, normalize_fqdn
 from opsmgr.pki.pem import (
     KeyAndCertificates,
     certificate_pem,
@@ -25,9 +25,6 @@ from opsmgr.pki.pem import (
     private_key_pem,
 )
 from opsmgr.pki.verify import check_extended_key_usage, check_identity, check_valid_at, verify_chain
-
-# The layout of a Kubernetes TLS Secret, so a VM agent reads the same files a pod agent gets mounted.
-CERTIFICATE_FILE, KEY_FILE, CA_FILE = "tls.crt", "tls.key", "ca.crt"
 
 
 @dataclass(frozen=True)

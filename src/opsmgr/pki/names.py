@@ -12,6 +12,8 @@ ROLE_URI_SCHEME = "opsmgr"
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_FQDN = 253
 CN_MAX = 64  # RFC 5280's upper bound for a CN, and an identity's name is its certificate's CN
+# The layout of a Kubernetes TLS Secret, so a VM agent reads the same files a pod agent gets mounted.
+CERTIFICATE_FILE, KEY_FILE, CA_FILE = "tls.crt", "tls.key", "ca.crt"
 
 
 class Role(StrEnum):

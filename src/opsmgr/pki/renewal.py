@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from cryptography import x509
 
@@ -12,47 +10,25 @@ from opsmgr.pki.csr import ValidatedCsr
 from opsmgr.pki.errors import CertificateError, Check
 from opsmgr.pki.issue import Approval
 from opsmgr.pki.revocation import RevocationSet
+from opsmgr.pki.schedule import RenewalAction, RenewalDecision, decision_by_validity, due_at
 from opsmgr.pki.verify import certificate_identity, check_valid_at
-
-RENEW_AT_FRACTION = 2 / 3  # cert-manager's default: a third of the lifetime is left to retry a failed renewal
-
-
-class RenewalAction(StrEnum):
-    KEEP = "Keep"
-    RENEW = "Renew"
-    REISSUE = "Reissue"  # expired: the authenticated stream can no longer carry a renewal; enroll afresh
-    REFUSE = "Refuse"  # revoked: never renewed
-
-
-@dataclass(frozen=True)
-class RenewalDecision:
-    action: RenewalAction
-    renew_at: datetime
-    not_after: datetime
-    reason: str
 
 
 def renew_at(certificate: x509.Certificate, renew_before: timedelta | None = None) -> datetime:
     """When renewal is due: `renew_before` the end when given, else at 2/3 of the lifetime."""
-    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
-    if renew_before is not None:
-        return max(start, end - renew_before)
-    return start + (end - start) * RENEW_AT_FRACTION
+    return due_at(certificate.not_valid_before_utc, certificate.not_valid_after_utc, renew_before)
 
 
 def renewal_decision(certificate: x509.Certificate, now: datetime, revocations: RevocationSet | None = None, *,
                      renew_before: timedelta | None = None) -> RenewalDecision:
     """Keep, renew, re-issue (expired) or refuse (revoked) one certificate at `now`; works for CAs and leaves."""
-    due, end = renew_at(certificate, renew_before), certificate.not_valid_after_utc
     revoked = revocations.get(certificate) if revocations is not None else None
     if revoked is not None:
-        return RenewalDecision(RenewalAction.REFUSE, due, end,
+        return RenewalDecision(RenewalAction.REFUSE, renew_at(certificate, renew_before),
+                               certificate.not_valid_after_utc,
                                f"serial {revoked.serial:x} was revoked ({revoked.reason.value}); it is never renewed")
-    if now > end:
-        return RenewalDecision(RenewalAction.REISSUE, due, end, f"expired at {end.isoformat()}")
-    if now >= due:
-        return RenewalDecision(RenewalAction.RENEW, due, end, f"renewal was due at {due.isoformat()}")
-    return RenewalDecision(RenewalAction.KEEP, due, end, f"renewal is due at {due.isoformat()}")
+    return decision_by_validity(certificate.not_valid_before_utc, certificate.not_valid_after_utc, now,
+                                renew_before=renew_before)
 
 
 def approve_renewal(current: x509.Certificate, request: ValidatedCsr, revocations: RevocationSet,

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from opsmgr.cli import main
 from opsmgr.pki import CertificateAuthority, Check, Identity, Role, create_ca
-from opsmgr.pki.certimport import CA_FILE, CERTIFICATE_FILE, KEY_FILE, ImportSource, check_import
+from opsmgr.pki.certimport import ImportSource, check_import
 from opsmgr.pki.keys import generate_private_key
+from opsmgr.pki.names import CA_FILE, CERTIFICATE_FILE, KEY_FILE
 from opsmgr.pki.pem import certificate_pem, load_certificates, load_private_key, private_key_pem
 from opsmgr.pki.profiles import CLIENT_AUTH, SERVER_AUTH
 from tests.unit.pki.forge import AGENT_FQDN, GATEWAY_FQDN, GROUP, NOW, Forged, forge_leaf

@@ -20,13 +20,13 @@ import yaml
 from opsmgr.agent.collection import Collection, CollectionSettings
 from opsmgr.agent.config import AgentConfig, load_config
 from opsmgr.agent.connection import AgentFacts, ServerConnection
-from opsmgr.agent.identity_store import IdentityStore
+from opsmgr.agent.identity import IdentityFiles
 from opsmgr.agent.queue import DiskQueue
 from opsmgr.protocol import agent_channel_pb2 as pb
 
 
 async def main(config: AgentConfig, settings: CollectionSettings, packs: bytes | None) -> None:
-    identity = IdentityStore(config.certificates.directory)
+    identity = IdentityFiles(config.certificates.directory)
     await asyncio.to_thread(identity.load)
     queue = await DiskQueue.open(config.queue.path, config.queue.limit_bytes)
     collection = Collection(settings, fqdn=config.fqdn, placement=config.placement, sink=queue)

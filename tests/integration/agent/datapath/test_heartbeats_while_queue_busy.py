@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from opsmgr.agent.connection import AgentFacts, ConnectionSettings, ServerConnection
-from opsmgr.agent.identity_store import IdentityStore
+from opsmgr.agent.identity import IdentityFiles
 from opsmgr.agent.queue import DiskQueue
-from opsmgr.pki.certimport import CA_FILE, CERTIFICATE_FILE, KEY_FILE
+from opsmgr.pki.names import CA_FILE, CERTIFICATE_FILE, KEY_FILE
 from opsmgr.protocol import agent_channel_pb2 as pb
 from tests.integration.agent.datapath.conftest import AGENT
 from tests.integration.server.client import TARGET_NAME
@@ -30,13 +30,13 @@ async def agent_home() -> AsyncIterator[Path]:
         yield Path(folder)
 
 
-def identity_files(folder: Path, pki: Pki) -> IdentityStore:
+def identity_files(folder: Path, pki: Pki) -> IdentityFiles:
     credentials = pki.agent(AGENT)
     folder.mkdir()
     (folder / KEY_FILE).write_bytes(credentials.key_pem)
     (folder / CERTIFICATE_FILE).write_bytes(credentials.certificate_pem)
     (folder / CA_FILE).write_bytes(credentials.ca_pem)
-    return IdentityStore(folder)
+    return IdentityFiles(folder)
 
 
 async def test_heartbeats_go_out_while_the_queue_thread_waits_for_a_local_producers_write_lock(

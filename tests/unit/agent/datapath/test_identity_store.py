@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from opsmgr.agent.identity_store import COMMIT_MARKER, IdentityError, IdentityStore
+from opsmgr.agent.identity import COMMIT_MARKER, IdentityError
+from opsmgr.agent.identity_store import IdentityStore
 from opsmgr.pki import Approval, Identity, Role, TrustBundle, create_ca, issue_certificate, issue_with_new_key
 from opsmgr.pki.keys import generate_private_key
 

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from opsmgr.agent.config import parse_config
-from opsmgr.agent.identity_store import IdentityStore
+from opsmgr.agent.identity import IdentityFiles
 from opsmgr.agent.node_pods import pod_records
 from opsmgr.agent.service import wait_for_identity
 from opsmgr.api.agent import Placement
@@ -31,7 +31,7 @@ def test_the_rendered_configuration_is_valid_and_rooted_beside_the_file(tmp_path
 
 async def test_a_waiting_agent_stops_cleanly_before_its_certificate_arrives(tmp_path: Path) -> None:
     stop = asyncio.Event()
-    waiting = asyncio.create_task(wait_for_identity(IdentityStore(tmp_path), stop, poll_seconds=0.05))
+    waiting = asyncio.create_task(wait_for_identity(IdentityFiles(tmp_path), stop, poll_seconds=0.05))
     await asyncio.sleep(0.2)
     assert not waiting.done()
     stop.set()
