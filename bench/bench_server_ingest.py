@@ -254,6 +254,15 @@ async def copy_raw(raw: asyncpg.Connection, rows: dict[str, list[tuple[object, .
     return rate, per_item(cpu_spent(before, processes()), total)
 
 
+async def check_exactly_once(databases: tuple[asyncpg.Connection, ...], generated: dict[str, int]) -> None:
+    """Untimed: each database holds every generated row of each table once (rows = distinct item keys = generated)."""
+    for conn in databases:
+        for table, count in generated.items():
+            rows, keys = await conn.fetchrow(
+                f"SELECT count(*), count(DISTINCT (batch_epoch, batch_seq, item_no)) FROM {table}")
+            assert rows == keys == count, f"{table}: {rows} rows, {keys} distinct items, {count} generated"
+
+
 def per_item(spent: dict[str, float], total: int) -> dict[str, float]:
     return {part: seconds / total for part, seconds in spent.items()}
 
@@ -306,6 +315,7 @@ async def main(agents: int, batches_per_agent: int, items: int, window: int, run
             server_runs.append(total / elapsed)
             server_cpu.append((server.cpu_seconds() - cpu_before) / elapsed)
             budgets.append(per_item(cpu_spent(processes_before, processes()), total))
+            await check_exactly_once((op, wh), {table: len(table_rows) for table, table_rows in rows.items()})
         grouping = server.batches_per_transaction()
         for conn in (op, wh, raw):
             await conn.close()
