@@ -240,7 +240,11 @@ class Batch:
         return BatchId(self.agent, self.epoch, self.seq)
 
     def kinds(self) -> frozenset[ItemKind]:
-        return frozenset(item.kind for item in self.items)
+        # From the few distinct types, not per item: the server asks this of every batch it ingests.
+        types = set(map(type, self.items))
+        if types <= _ITEM_KINDS.keys():
+            return frozenset(map(_ITEM_KINDS.__getitem__, types))
+        return frozenset(item.kind for item in self.items)  # a subclass of an item type
 
 
 _ITEM_KINDS: Mapping[type, ItemKind] = {Event: ItemKind.EVENT, PerformanceSample: ItemKind.PERFORMANCE,

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any
 
 from asyncpg.pgproto.pgproto import UUID as CopyUUID
@@ -128,8 +129,16 @@ def _series(batch: Batch) -> Series:
             alerts.append(item)
         elif isinstance(item, DiscoveryItem):
             discovery.append(item)
-    spans = {table: (min(row[1] for row in found), max(row[1] for row in found)) for table, found in rows.items()}
+    spans = {table: _span(found) for table, found in rows.items()}
     return Series(rows, spans, tuple(alerts), tuple(discovery))
+
+
+_ROW_TIME = itemgetter(1)  # every time-series row is (agent, time, ...)
+
+
+def _span(rows: list[tuple[Any, ...]]) -> tuple[datetime, datetime]:
+    """The oldest and newest time of these rows (map with itemgetter: a third of a generator's cost per row)."""
+    return min(map(_ROW_TIME, rows)), max(map(_ROW_TIME, rows))
 
 
 def plan_write(batch: Batch, database: Database, retention: Retention, now: datetime) -> WritePlan:
@@ -158,7 +167,7 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
             found = kept
             if not found:
                 continue
-            first, last = min(row[1] for row in found), max(row[1] for row in found)
+            first, last = _span(found)
         rows[table] = found  # shared with the other database's plan: COPY only reads it
         written[kind] = len(found)
         # Every day between the table's oldest and newest row: a superset is harmless, and far cheaper per item.

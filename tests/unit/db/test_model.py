@@ -7,7 +7,15 @@ from datetime import datetime
 
 import pytest
 
-from opsmgr.db.model import Batch, DiscoveryItem, InvalidBatch, Lane, ResolutionState, Retention
+from opsmgr.db.model import (
+    Batch,
+    DiscoveryItem,
+    InvalidBatch,
+    Lane,
+    PerformanceSample,
+    ResolutionState,
+    Retention,
+)
 from tests.unit.db.builders import AGENT, NOON, alert, batch, discovery, event, sample, state_change
 
 
@@ -15,6 +23,16 @@ def test_well_formed_batches_of_both_lanes_are_accepted() -> None:
     assert batch(0, Lane.BULK, [event(1), sample(2)]).id.seq == 0
     assert batch(1, Lane.PRIORITY, [alert(1), state_change(2), discovery(3)]).kinds() == {"alert", "state",
                                                                                           "discovery"}
+
+
+def test_a_batch_of_item_subclasses_still_names_its_kinds() -> None:
+    # kinds() reads the kind from the exact item types; an item type's subclass (which a batch accepts) must not
+    # make a batch look empty, or it would be routed to the operational DB alone.
+    class TaggedSample(PerformanceSample):
+        pass
+
+    tagged = TaggedSample(*sample(1))
+    assert batch(0, Lane.BULK, [tagged, event(2)]).kinds() == {"performance", "event"}
 
 
 def test_alert_in_the_bulk_lane_names_the_item_and_the_right_lane() -> None:
