@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from opsmgr.server.allocator import map_large_blocks
 from opsmgr.server.tls import restrict_cipher_suites
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ def server(config_path: Path, check: bool) -> None:
     if check:
         click.echo(f"{config_path}: configuration is valid")
         return
+    map_large_blocks()  # before grpc and the event loop allocate what lasts (see allocator)
     import yaml  # noqa: PLC0415
 
     from opsmgr.pki.errors import CertificateError  # noqa: PLC0415
