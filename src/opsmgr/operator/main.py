@@ -38,6 +38,11 @@ HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, manage
 # so they are bounded by its threads, not by the number of handlers.)
 API_CONNECTIONS = 64
 EVENT_POSTERS = 8
+# How long an Event poster waits for more Events of its object before it frees its slot. kopf's default (1 s) made
+# each of the EVENT_POSTERS slots idle a second per object: at most 8 Agents' Events a second, so a burst of new
+# Agents queued thousands of posters (each with its queue and Events) that outlived the burst by many minutes and
+# held the operator's memory at its peak. Not 0: kopf's poster then spins on a queue it never reads.
+EVENT_POSTER_IDLE_SECONDS = 0.05
 
 
 async def _api_client() -> kube_client.ApiClient:
@@ -68,6 +73,7 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     # Events are posted by kopf's own client, outside our connection pool; unbounded, a burst of new Agents posted
     # thousands at once and crowded the API server into 429s for the handlers' own requests.
     settings.posting.worker_limit = EVENT_POSTERS
+    settings.posting.idle_timeout = EVENT_POSTER_IDLE_SECONDS
     # No limit on kopf's per-object workers: handlers wait until every index holds the whole initial listing, and
     # indexing runs in those same workers, so a restart that found more Agents than the limit deadlocked (the
     # first workers waited for an index that the queued rest never filled). API calls are bounded by the pool.
