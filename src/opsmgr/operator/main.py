@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,6 +33,7 @@ from opsmgr.operator.kube import Kube
 from opsmgr.operator.names import FINALIZER, KOPF_PREFIX, MANAGED_BY
 from opsmgr.operator.node_agents import DEFAULT_AGENT_IMAGE
 
+KOPF_PACKAGE = str(Path(kopf.__file__).parent)
 HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack, node_agents,
                    sidecar_agents, webhook)
 # Connections to the API server; handlers beyond this wait for one. (Key pairs are made in the default thread pool,
@@ -55,6 +57,16 @@ async def _api_client() -> kube_client.ApiClient:
     return kube_client.ApiClient(configuration)
 
 
+def _kopf_progress_not_posted(record: logging.LogRecord) -> bool:
+    """Keep kopf's own per-pass INFO lines ("Handler ... succeeded.", "Creation is processed: ...") in the log but
+    out of Events: they doubled the Events of every new Agent (and of every Agent at a restart) after our own
+    announcement, and the posters' backlog grew with them. kopf's warnings and errors, and our own lines, still post.
+    """
+    if record.levelno < logging.WARNING and record.pathname.startswith(KOPF_PACKAGE):
+        record.k8s_skip = True
+    return True
+
+
 @kopf.on.login()
 async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own watches use the same credentials as our client: in-cluster token, else the kubeconfig."""
@@ -70,6 +82,7 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_kopf_progress_not_posted)
     # Events are posted by kopf's own client, outside our connection pool; unbounded, a burst of new Agents posted
     # thousands at once and crowded the API server into 429s for the handlers' own requests.
     settings.posting.worker_limit = EVENT_POSTERS
