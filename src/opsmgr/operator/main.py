@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import click
@@ -32,12 +33,18 @@ from opsmgr.operator.kube import Kube
 from opsmgr.operator.names import FINALIZER, KOPF_PREFIX, MANAGED_BY
 from opsmgr.operator.node_agents import DEFAULT_AGENT_IMAGE
 
+KOPF_PACKAGE = str(Path(kopf.__file__).parent)
 HANDLER_MODULES = (agent, agent_task, gateway, indexes, management_group, management_pack, node_agents,
                    sidecar_agents, webhook)
 # Connections to the API server; handlers beyond this wait for one. (Key pairs are made in the default thread pool,
 # so they are bounded by its threads, not by the number of handlers.)
 API_CONNECTIONS = 64
 EVENT_POSTERS = 8
+# How long an Event poster waits for more Events of its object before it frees its slot. kopf's default (1 s) made
+# each of the EVENT_POSTERS slots idle a second per object: at most 8 Agents' Events a second, so a burst of new
+# Agents queued thousands of posters (each with its queue and Events) that outlived the burst by many minutes and
+# held the operator's memory at its peak. Not 0: kopf's poster then spins on a queue it never reads.
+EVENT_POSTER_IDLE_SECONDS = 0.05
 
 
 async def _api_client() -> kube_client.ApiClient:
@@ -48,6 +55,16 @@ async def _api_client() -> kube_client.ApiClient:
     configuration = kube_client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = API_CONNECTIONS
     return kube_client.ApiClient(configuration)
+
+
+def _kopf_progress_not_posted(record: logging.LogRecord) -> bool:
+    """Keep kopf's own per-pass INFO lines ("Handler ... succeeded.", "Creation is processed: ...") in the log but
+    out of Events: they doubled the Events of every new Agent (and of every Agent at a restart) after our own
+    announcement, and the posters' backlog grew with them. kopf's warnings and errors, and our own lines, still post.
+    """
+    if record.levelno < logging.WARNING and record.pathname.startswith(KOPF_PACKAGE):
+        record.k8s_skip = True
+    return True
 
 
 @kopf.on.login()
@@ -65,9 +82,11 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX)
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.INFO
+    logging.getLogger("kopf.objects").addFilter(_kopf_progress_not_posted)
     # Events are posted by kopf's own client, outside our connection pool; unbounded, a burst of new Agents posted
     # thousands at once and crowded the API server into 429s for the handlers' own requests.
     settings.posting.worker_limit = EVENT_POSTERS
+    settings.posting.idle_timeout = EVENT_POSTER_IDLE_SECONDS
     # No limit on kopf's per-object workers: handlers wait until every index holds the whole initial listing, and
     # indexing runs in those same workers, so a restart that found more Agents than the limit deadlocked (the
     # first workers waited for an index that the queued rest never filled). API calls are bounded by the pool.
