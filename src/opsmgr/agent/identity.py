@@ -60,16 +60,19 @@ class IdentityFiles:
         self._checked: tuple[tuple[bytes, ...], AgentIdentity | IdentityError] | None = None
 
     def load(self) -> AgentIdentity:
-        if not self._journal_open():  # else the helper first finishes or discards an interrupted renewal
-            contents = read_identity_files(self.directory)
-            if self._checked is not None and self._checked[0] == contents:
-                return _result(self._checked[1])
+        # With a journal open the helper first finishes or discards an interrupted renewal: nothing to compare.
+        before = None if self._journal_open() else read_identity_files(self.directory)
+        if before is not None and self._checked is not None and self._checked[0] == before:
+            return _result(self._checked[1])
         try:
             outcome: AgentIdentity | IdentityError = identity_from_wire(ask_helper(
                 {"op": "load", "directory": str(self.directory)}))
         except IdentityError as exc:
             outcome = exc
-        self._checked = (read_identity_files(self.directory), outcome)
+        # Remembered only for the bytes the helper saw: a renewal installed (from the stream) while a failback
+        # probe's check ran would otherwise pin the old identity to the new files until they change again.
+        if before is not None and _unchanged(self.directory, before):
+            self._checked = (before, outcome)
         return _result(outcome)
 
     def request_renewal(self, fqdn: str) -> RenewalRequest:
@@ -101,6 +104,13 @@ def read_identity_files(directory: Path) -> tuple[bytes, ...]:
     except OSError as exc:
         raise IdentityError(f"certificates.directory: {exc.filename} cannot be read ({exc.strerror}): run "
                             "`opsmgr certimport` or enroll the agent so tls.crt, tls.key and ca.crt exist") from exc
+
+
+def _unchanged(directory: Path, before: tuple[bytes, ...]) -> bool:
+    try:
+        return read_identity_files(directory) == before
+    except IdentityError:  # gone since: the next load says so
+        return False
 
 
 def _result(outcome: AgentIdentity | IdentityError) -> AgentIdentity:
