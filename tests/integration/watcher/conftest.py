@@ -222,6 +222,9 @@ class HeartbeatingAgent:
                 await self._session(server)
             except (OSError, TimeoutError) as exc:
                 self.timeline.append((time.time(), f"{_member(server)}: {type(exc).__name__} {exc}"))
+            except asyncio.InvalidStateError as exc:
+                # The server ended the call between our last look at it and this heartbeat's write: a lost stream.
+                self.timeline.append((time.time(), f"{_member(server)}: write after the call ended ({exc})"))
             except Exception as exc:  # grpc errors end a session like a broken socket
                 if type(exc).__name__ not in ("AioRpcError", "UsageError", "ExecuteBatchError"):
                     raise
@@ -261,6 +264,13 @@ class HeartbeatingAgent:
     async def _drain(stream: AgentStream) -> None:
         while await stream.receive(within=3600) is not None:
             pass
+
+    @property
+    def connected(self) -> bool:
+        """Holding a stream now; a test agent that crashed raises here, so a test never waits on a dead one."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.result()
+        return self.connected_to is not None
 
     async def silence(self) -> None:
         """Stop like a killed process: the socket closes, no Goodbye."""

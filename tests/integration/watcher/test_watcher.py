@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -164,7 +165,7 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
         agents.append(HeartbeatingAgent(name, agent_credentials(name), _fixed(order)))
     for agent in agents:
         agent.start()
-    await until(lambda: all(a.connected_to is not None for a in agents), 60, "every agent connects")
+    await until(lambda: all(a.connected for a in agents), 60, "every agent connects")
     await until(lambda: sum((s.healthz() or {}).get("watched_agents", 0) for s in fleet.servers) == count, 30,
                 "every agent is watched")
     await asyncio.sleep(ROLLING_THRESHOLD)
@@ -172,11 +173,13 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
     await until(lambda: _none_active(fleet.operational_dsn), 30, "set-up alerts resolved by the heartbeats")
     steady = time.time()
     for server in fleet.servers:
+        # Its agents count as moved only once they dialled again: `connected_to` alone still names the old process.
+        held = {agent: agent.reconnects for agent in agents if agent.connected_to is server}
         await asyncio.to_thread(server.stop)  # SIGTERM, as a StatefulSet rolling update does
         exited = server.process.returncode if server.process is not None else None
         assert exited == 0, f"the server did not stop by itself on SIGTERM (exit {exited}):\n{server.log_tail()}"
         await asyncio.to_thread(server.start)
-        await until(lambda: all(a.connected_to is not None for a in agents), 30, "agents reconnected")
+        await until(functools.partial(_all_back, agents, held), 30, "agents reconnected")
         await asyncio.sleep(ROLLING_THRESHOLD)
     await asyncio.sleep(2 * ROLLING_THRESHOLD)
     alerts = [a for a in await watcher_alerts(fleet.operational_dsn) if a["raised_at"].timestamp() >= steady]
@@ -187,6 +190,11 @@ async def test_a_rolling_restart_of_three_servers_raises_nothing_for_healthy_age
     assert alerts == [], "\n".join(f"{a['name']} for {a['agent']} at {a['raised_at']:%H:%M:%S.%f}:\n"
                                     f"{explain(by_fqdn[a['agent']], fleet.servers, steady)}" for a in alerts)
     assert sum(watched) == count, watched
+
+
+def _all_back(agents: list[HeartbeatingAgent], held: dict[HeartbeatingAgent, int]) -> bool:
+    """Every agent holds a stream, and those that `held` one before dialled again since."""
+    return all(agent.connected and agent.reconnects > held.get(agent, -1) for agent in agents)
 
 
 def _fixed(servers: list[ServerProcess]) -> Callable[[], list[ServerProcess]]:
