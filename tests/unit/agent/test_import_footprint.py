@@ -3,8 +3,8 @@
 A fresh interpreter resolves `opsmgr agent` the way the command line does, reads its configuration file, loads its
 identity as a connection would and applies a management pack as a Welcome would; what it then holds must not include
 the other components' libraries, the custom-resource kinds the agent never reads, validators of models it never
-validates, cryptography or PyYAML, which only the agent's short-lived helper processes load. The memory figures
-themselves come from `bench/bench_agent_collection.py`.
+validates, cryptography or PyYAML, which only the agent's short-lived helper processes load, or what only a node
+agent in its pod needs. The memory figures themselves come from `bench/bench_agent_collection.py`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ UNUSED_HERE = ("opsmgr.api.agent", "opsmgr.api.gateway", "opsmgr.api.agent_task"
 HELPERS_ONLY = ("cryptography", "opsmgr.agent.identity_store", "opsmgr.agent.identity_helper")
 # About 1.4 MB for a file read once at start-up: the agent parses its configuration in a short-lived reader process.
 YAML_READER_ONLY = ("yaml", "opsmgr.agent.yaml_reader")
+# About 0.5 MB that only a node agent in its pod uses, to list its node's pods from the API server.
+NODE_POD_LISTING_ONLY = ("urllib.request", "http.client")
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,8 @@ def test_the_agent_reads_its_configuration_file_without_loading_pyyaml(agent_pro
     assert isinstance(modules, list)
     assert [m for m in modules if m.split(".")[0] in YAML_READER_ONLY or m in YAML_READER_ONLY] == []
 
+
+def test_an_agent_outside_a_node_pod_loads_no_http_client(agent_process: dict[str, object]) -> None:
+    modules = agent_process["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if m in NODE_POD_LISTING_ONLY] == []
