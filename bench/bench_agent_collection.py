@@ -150,7 +150,7 @@ def main() -> None:
     print(f"RSS: {memory.rss / 2**20:.1f} MB at the end, peak {peak / 2**20:.1f} MB, at warm-up end "
           f"{rss_start / 2**20:.1f} MB (USS {memory.uss / 2**20:.1f} MB, PSS {memory.pss / 2**20:.1f} MB); "
           f"goal <= 50 MB")
-    print(f"of which imports alone (grpc, protobuf, pydantic and the api models, psutil, sqlite3, click, yaml): "
+    print(f"of which imports alone (grpc, protobuf, pydantic and the api models, psutil, sqlite3, click): "
           f"{floor / 2**20:.1f} MB; collection's own running state: {(memory.rss - floor) / 2**20:.1f} MB")
     print(f"CPU: {100 * cpu_used / wall:.3f} % of one core ({cpu_used:.2f} s in {wall:.0f} s); goal <= 1 %")
     print(f"threads: {threads}; python {sys.version.split()[0]}, pid {os.getpid()} measured child")

@@ -29,7 +29,7 @@ STEPS: list[tuple[str, str]] = [
     ("the management pack models", "import opsmgr.api.management_pack"),
     ("the agent's queue, connection and collection", "import opsmgr.agent.queue, opsmgr.agent.connection, "
                                                      "opsmgr.agent.collection"),
-    ("`opsmgr agent` itself (click, yaml, config)", "from opsmgr.cli import main; main.get_command(None, 'agent')"),
+    ("`opsmgr agent` itself (click, config)", "from opsmgr.cli import main; main.get_command(None, 'agent')"),
 ]
 
 # What the helper process imports to load an identity or make a renewal's key and CSR.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -18,6 +20,9 @@ from opsmgr.agent.server_choice import BackoffPolicy
 from opsmgr.pki import CertificateError
 from opsmgr.pki.names import normalize_fqdn
 from opsmgr.protocol.limits import AGENT_PORT
+
+YAML_READER = "opsmgr.agent.yaml_reader"
+YAML_READER_TIMEOUT_SECONDS = 60.0
 
 
 class AgentConfigError(ValueError):
@@ -171,9 +176,27 @@ def parse_config(document: Any, path: Path) -> AgentConfig:
 
 def load_config(path: Path) -> AgentConfig:
     try:
-        document = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise AgentConfigError(path, [f"--config {path}: {exc.strerror}. Fix: give a readable YAML file"]) from None
-    except yaml.YAMLError as exc:
-        raise AgentConfigError(path, [f"YAML syntax: {exc}. Fix: correct the file at the line shown"]) from None
-    return parse_config(document, path)
+    outcome, value = _read_yaml(text, path)
+    if outcome == "error":
+        raise AgentConfigError(path, [f"YAML syntax: {value}. Fix: correct the file at the line shown"])
+    return parse_config(value, path)
+
+
+def _read_yaml(text: str, path: Path) -> tuple[str, Any]:
+    """What `yaml.safe_load` makes of the text, parsed in `opsmgr.agent.yaml_reader` so PyYAML never stays loaded."""
+    try:
+        done = subprocess.run([sys.executable, "-m", YAML_READER], input=text.encode("utf-8"), capture_output=True,
+                              timeout=YAML_READER_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AgentConfigError(path, [f"the YAML reader ({sys.executable} -m {YAML_READER}) could not run: {exc}. "
+                                      "Fix: check that the agent's Python installation is complete"]) from None
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise AgentConfigError(path, [f"the YAML reader failed ({last}). Fix: check that the agent's Python "
+                                      "installation is complete and the file is a YAML mapping of settings"])
+    # Our own child's answer to our own request: pickle keeps the types YAML produced (see yaml_reader).
+    answer: tuple[str, Any] = pickle.loads(done.stdout)  # noqa: S301
+    return answer

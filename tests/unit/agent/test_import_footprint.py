@@ -1,10 +1,10 @@
 """The agent's memory budget (issue 9: RSS <= 50 MB) is mostly what it imports, so guard the causes, not a figure.
 
-A fresh interpreter resolves `opsmgr agent` the way the command line does, loads its identity as a connection
-would and applies a management pack as a Welcome would; what it then holds must not include the other components'
-libraries, the custom-resource kinds the agent never reads, validators of models it never validates, or
-cryptography, which only the agent's short-lived identity helper loads. The memory figures themselves come from
-`bench/bench_agent_collection.py`.
+A fresh interpreter resolves `opsmgr agent` the way the command line does, reads its configuration file, loads its
+identity as a connection would and applies a management pack as a Welcome would; what it then holds must not include
+the other components' libraries, the custom-resource kinds the agent never reads, validators of models it never
+validates, cryptography or PyYAML, which only the agent's short-lived helper processes load, or what only a node
+agent in its pod needs. The memory figures themselves come from `bench/bench_agent_collection.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import json, sys
 from pathlib import Path
 from opsmgr.cli import main
 main.get_command(None, "agent")  # what `opsmgr agent` imports before it runs
+from opsmgr.agent.config import load_config
+config = load_config(Path(sys.argv[2]))  # what `opsmgr agent` does first
 from opsmgr.agent.identity import IdentityFiles
 identity = IdentityFiles(Path(sys.argv[1])).load()  # what each connection does before it dials
 from opsmgr.agent.packs import plan_from_json
@@ -32,7 +34,8 @@ pack = {"metadata": {"name": "p"}, "spec": {"managementGroupRef": {"name": "g"},
                                     "intervalSeconds": 10}}]}}
 plan = plan_from_json(json.dumps([pack]).encode(), {})
 from opsmgr.api.management_group import ManagementGroup
-print(json.dumps({"rules": len(plan.rules), "identity": identity.name, "modules": sorted(sys.modules),
+print(json.dumps({"rules": len(plan.rules), "identity": identity.name, "fqdn": config.fqdn,
+                  "modules": sorted(sys.modules),
                   "management_group_built": ManagementGroup.__pydantic_complete__}))
 """
 
@@ -44,6 +47,10 @@ UNUSED_HERE = ("opsmgr.api.agent", "opsmgr.api.gateway", "opsmgr.api.agent_task"
                "opsmgr.protocol.enrollment_pb2")
 # About 8 MB with its own OpenSSL: parsing and making certificates is the identity helper's, a process of its own.
 HELPERS_ONLY = ("cryptography", "opsmgr.agent.identity_store", "opsmgr.agent.identity_helper")
+# About 1.4 MB for a file read once at start-up: the agent parses its configuration in a short-lived reader process.
+YAML_READER_ONLY = ("yaml", "opsmgr.agent.yaml_reader")
+# About 0.5 MB that only a node agent in its pod uses, to list its node's pods from the API server.
+NODE_POD_LISTING_ONLY = ("urllib.request", "http.client")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,11 @@ def agent_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     (directory / "tls.key").write_bytes(issued.key_pem())
     (directory / "tls.crt").write_bytes(issued.certificate_pem())
     (directory / "ca.crt").write_bytes(ca.certificate_pem())
-    out = subprocess.run([sys.executable, "-c", PROBE, str(directory)], capture_output=True, text=True, check=True)
+    config = directory / "agent.yaml"
+    config.write_text("fqdn: web01.contoso.test\nservers: {primary: ms-0.ms.opsmgr.svc}\n"
+                      "certificates: {directory: .}\nqueue: {path: queue.sqlite}\n")
+    out = subprocess.run([sys.executable, "-c", PROBE, str(directory), str(config)], capture_output=True, text=True,
+                         check=True)
     result: dict[str, object] = json.loads(out.stdout)
     return result
 
@@ -82,3 +93,16 @@ def test_the_agent_builds_no_validator_for_the_management_group_it_only_takes_an
     # management_pack imports AlertSeverity from management_group; building that model's validator at import
     # cost the agent memory for a resource it never parses.
     assert agent_process["management_group_built"] is False
+
+
+def test_the_agent_reads_its_configuration_file_without_loading_pyyaml(agent_process: dict[str, object]) -> None:
+    assert agent_process["fqdn"] == "web01.contoso.test"  # the reader really parsed the file
+    modules = agent_process["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if m.split(".")[0] in YAML_READER_ONLY or m in YAML_READER_ONLY] == []
+
+
+def test_an_agent_outside_a_node_pod_loads_no_http_client(agent_process: dict[str, object]) -> None:
+    modules = agent_process["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if m in NODE_POD_LISTING_ONLY] == []

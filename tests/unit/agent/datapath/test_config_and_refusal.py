@@ -51,6 +51,35 @@ def test_an_unreadable_config_file_is_named(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+def test_a_config_file_is_read_with_relative_paths_from_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("fqdn: web01.contoso.test\nservers: {primary: ms-0.ms.opsmgr.svc, failover: [ms-1:6000]}\n"
+                    "certificates: {directory: identity}\nqueue: {path: queue.sqlite, limit_bytes: 1048576}\n")
+    config = load_config(path)
+    assert (config.fqdn, config.servers.failover, config.queue.limit_bytes) == ("web01.contoso.test", ["ms-1:6000"],
+                                                                               1048576)
+    assert config.queue.path == tmp_path / "queue.sqlite"
+
+
+def test_a_yaml_syntax_error_names_the_line_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("fqdn: web01.contoso.test\nservers: {primary: ms-0\n")
+    with pytest.raises(AgentConfigError) as raised:
+        load_config(path)
+    problem = raised.value.problems[0]
+    assert problem.startswith("YAML syntax: ")
+    assert "line 3" in problem and problem.endswith("Fix: correct the file at the line shown")
+
+
+def test_a_value_yaml_reads_as_a_date_is_named_as_yaml_read_it(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("fqdn: 2026-12-07\nservers: {primary: ms-0}\ncertificates: {directory: i}\nqueue: {path: q}\n")
+    with pytest.raises(AgentConfigError) as raised:
+        load_config(path)
+    assert raised.value.problems == ["fqdn = datetime.date(2026, 12, 7): Input should be a valid string. Fix: give "
+                                     "this computer's FQDN, the CN of its certificate (e.g. web01.contoso.com)"]
+
+
 @pytest.mark.parametrize(("cmdline", "role"), [
     (["/venv/bin/python", "/venv/bin/opsmgr", "server", "--config", "s.yaml"], "server"),
     (["python3", "-m", "opsmgr", "gateway", "--config", "g.yaml"], "gateway"),
