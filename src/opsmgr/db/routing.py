@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from operator import itemgetter
 from typing import Any
+from uuid import UUID
 
 from asyncpg.pgproto.pgproto import UUID as CopyUUID
 
@@ -111,13 +112,30 @@ def series_of(batch: Batch) -> Series:
     return series
 
 
+def copy_epoch(epoch: UUID) -> CopyUUID:
+    """A batch epoch as its rows carry it: asyncpg's own UUID type, whose binary COPY encoder copies its 16 bytes,
+    where a uuid.UUID costs a call of the Python `bytes` property per row (a tenth of the COPY's client time). It is
+    a uuid.UUID subclass, equal to it."""
+    return CopyUUID(epoch.bytes)
+
+
+def attach_series_rows(batch: Batch, rows: Mapping[str, list[tuple[Any, ...]]]) -> None:
+    """Give a batch of events and performance samples alone the rows its items become, built by whoever formed its
+    items in the same pass (the server, from the wire: one pass per item instead of two). Each row must be exactly
+    what `_series` builds: (agent, the item's fields in order, copy_epoch(epoch), seq, item number)."""
+    if batch._series is not None or not batch.kinds() <= _BULK_SERIES:
+        raise ValueError("attach_series_rows takes the rows of a batch of events and performance samples alone, "
+                         "before its series is first used")
+    filled = {table: found for table, found in rows.items() if found}
+    series = Series(filled, {table: _span(found) for table, found in filled.items()}, (), ())
+    object.__setattr__(batch, "_series", series)  # a memo on frozen data, as series_of keeps it
+
+
 def _series(batch: Batch) -> Series:
     rows: dict[str, list[tuple[Any, ...]]] = {}
     alerts: list[Alert] = []
     discovery: list[DiscoveryItem] = []
-    # asyncpg's own UUID type: its binary COPY encoder copies its 16 bytes, where a uuid.UUID costs a call of the
-    # Python `bytes` property per row (a tenth of the COPY's client time). It is a uuid.UUID subclass, equal to it.
-    agent, epoch, seq = batch.agent, CopyUUID(batch.epoch.bytes), batch.seq
+    agent, epoch, seq = batch.agent, copy_epoch(batch.epoch), batch.seq
     for item_no, item in enumerate(batch.items):
         table = _SERIES_TABLES.get(type(item))
         if table is not None:
@@ -188,6 +206,9 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
 _SERIES_TABLES: Mapping[type, str] = {
     Event: PARTITIONED_TABLES[ItemKind.EVENT], PerformanceSample: PARTITIONED_TABLES[ItemKind.PERFORMANCE],
     StateChange: PARTITIONED_TABLES[ItemKind.STATE]}
+
+
+_BULK_SERIES = frozenset({ItemKind.EVENT, ItemKind.PERFORMANCE})
 
 
 def _check_series_columns() -> None:
