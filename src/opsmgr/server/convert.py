@@ -41,6 +41,7 @@ _E = TypeVar("_E", bound=IntEnum)
 _INT32 = (-(2**31), 2**31 - 1)
 _MAX_SEQ = 2**63 - 1  # committed_batches.batch_seq is a PostgreSQL bigint; the wire's uint64 reaches beyond it
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # events.number is a PostgreSQL integer
+_MICROSECOND = timedelta(microseconds=1)
 # Wire seconds whose time is representable whatever the nanos (an int32: at most 2.2 s either way).
 _SAFE_SECONDS = (int((datetime.min.replace(tzinfo=UTC) - _EPOCH).total_seconds()) + 3,
                  int((datetime.max.replace(tzinfo=UTC) - _EPOCH).total_seconds()) - 3)
@@ -95,7 +96,7 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
             stamp = p.sampled_at
             seconds, nanos = stamp.seconds, stamp.nanos
             # As _time makes it; _time itself when unset, the epoch itself or out of range (it says which).
-            at = _EPOCH + timedelta(0, seconds, nanos // 1000) \
+            at = _EPOCH + _MICROSECOND * (seconds * 1_000_000 + nanos // 1000) \
                 if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
                 else _time(index, "sampled_at", p)
             items.append(_new(PerformanceSample, (at, key, obj, counter, instance, value)))
@@ -112,7 +113,7 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
                                    "event id as the source logged it")
             stamp = e.logged_at
             seconds, nanos = stamp.seconds, stamp.nanos
-            at = _EPOCH + timedelta(0, seconds, nanos // 1000) \
+            at = _EPOCH + _MICROSECOND * (seconds * 1_000_000 + nanos // 1000) \
                 if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
                 else _time(index, "logged_at", e)
             level = levels.get(e.level) or _enum(EventLevel, index, "level", e.level)  # (levels are 1 to 5)
@@ -209,9 +210,11 @@ def _time(index: int, name: str, message: Message) -> datetime:
         raise InvalidBatch(f"batch.items[{index}].{name} is unset. Fix: stamp every item with the time it happened "
                            "(UTC)")
     try:
-        # Arithmetic instead of Timestamp.ToDatetime (a third of the conversion's cost at bulk rates); timedelta's
-        # arguments by position, which is faster than by keyword: (days, seconds, microseconds).
-        return _EPOCH + timedelta(0, seconds, nanos // 1000)
+        # Arithmetic instead of Timestamp.ToDatetime (a third of the conversion's cost at bulk rates); a multiple
+        # of one microsecond, which costs a quarter less than constructing the timedelta (its constructor
+        # normalises each argument through Python numbers).
+        microseconds: int = seconds * 1_000_000 + nanos // 1000
+        return _EPOCH + _MICROSECOND * microseconds
     except OverflowError:
         raise InvalidBatch(f"batch.items[{index}].{name} = {seconds}s: not a representable time. Fix: send a time "
                            "between years 1 and 9999") from None
