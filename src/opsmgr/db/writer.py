@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import chain
 from typing import Any
 
 import asyncpg
@@ -149,7 +150,8 @@ async def _commit(conn: asyncpg.Connection, batches: Sequence[Batch], plans: Seq
         mine = [plans[index] for index in sorted(claimed)]
         written: dict[str, list[tuple[Any, ...]]] = {}
         for table, columns in TABLE_COLUMNS.items():
-            records = written[table] = [row for plan in mine for row in plan.rows.get(table, ())]
+            # Joined in C: a comprehension costs a bytecode round per row, and this runs for every row.
+            records = written[table] = list(chain.from_iterable(plan.rows.get(table, ()) for plan in mine))
             if records:
                 await conn.copy_records_to_table(table, records=records, columns=columns)
         if mine[0].database is Database.WAREHOUSE:
