@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from operator import itemgetter
@@ -81,6 +81,9 @@ class WritePlan:
     partitions: frozenset[PartitionKey]
     written: Mapping[ItemKind, int]
     dropped: Mapping[tuple[ItemKind, DropReason], int]
+    # Each table's rows as binary COPY tuples, for the tables whose rows the batch's former made them of and that
+    # lost none to the acceptance window; the writers COPY these bytes instead of encoding the rows again.
+    copy_tuples: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def items_written(self) -> int:
@@ -100,6 +103,8 @@ class Series:
     spans: Mapping[str, tuple[datetime, datetime]]
     alerts: tuple[Alert, ...]
     discovery: tuple[DiscoveryItem, ...]
+    # The rows of some tables as binary COPY tuples, when whoever formed the batch made them (attach_series_rows).
+    copy_tuples: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def series_of(batch: Batch) -> Series:
@@ -119,15 +124,18 @@ def copy_epoch(epoch: UUID) -> CopyUUID:
     return CopyUUID(epoch.bytes)
 
 
-def attach_series_rows(batch: Batch, rows: Mapping[str, list[tuple[Any, ...]]]) -> None:
+def attach_series_rows(batch: Batch, rows: Mapping[str, list[tuple[Any, ...]]],
+                       copy_tuples: Mapping[str, bytes]) -> None:
     """Give a batch of events and performance samples alone the rows its items become, built by whoever formed its
-    items in the same pass (the server, from the wire: one pass per item instead of two). Each row must be exactly
-    what `_series` builds: (agent, the item's fields in order, copy_epoch(epoch), seq, item number)."""
+    items in the same pass (the server, from the wire: one pass per item instead of two), and the same rows as
+    binary COPY tuples (opsmgr.db.copy_format). Each row must be exactly what `_series` builds: (agent, the item's
+    fields in order, copy_epoch(epoch), seq, item number)."""
     if batch._series is not None or not batch.kinds() <= _BULK_SERIES:
         raise ValueError("attach_series_rows takes the rows of a batch of events and performance samples alone, "
                          "before its series is first used")
     filled = {table: found for table, found in rows.items() if found}
-    series = Series(filled, {table: _span(found) for table, found in filled.items()}, (), ())
+    series = Series(filled, {table: _span(found) for table, found in filled.items()}, (), (),
+                    {table: copy_tuples[table] for table in filled})
     object.__setattr__(batch, "_series", series)  # a memo on frozen data, as series_of keeps it
 
 
@@ -167,6 +175,7 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
     written: dict[ItemKind, int] = {}
     dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
     partitions: set[PartitionKey] = set()
+    copy_tuples: dict[str, bytes] = {}
     for table, table_rows in series.rows.items():
         kind = TABLE_KINDS[table]
         if database not in ROUTES[kind]:
@@ -186,6 +195,8 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
             if not found:
                 continue
             first, last = _span(found)
+        elif table in series.copy_tuples:
+            copy_tuples[table] = series.copy_tuples[table]
         rows[table] = found  # shared with the other database's plan: COPY only reads it
         written[kind] = len(found)
         # Every day between the table's oldest and newest row: a superset is harmless, and far cheaper per item.
@@ -198,7 +209,7 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
     if database in ROUTES[ItemKind.DISCOVERY] and series.discovery:
         discovery = series.discovery
         written[ItemKind.DISCOVERY] = len(series.discovery)
-    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped))
+    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped), copy_tuples)
 
 
 # A time-series row is (agent, the item's fields in order, batch epoch, batch seq, item number): one tuple built per

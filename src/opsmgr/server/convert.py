@@ -14,6 +14,16 @@ from uuid import UUID
 
 from google.protobuf.message import Message
 
+from opsmgr.db.copy_format import (
+    PG_EPOCH_MICROSECONDS,
+    TupleParts,
+    float8_field,
+    int2_field,
+    int4_field,
+    key_field,
+    text_field,
+    time_field,
+)
 from opsmgr.db.model import (
     Alert,
     AlertPriority,
@@ -85,6 +95,10 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
     items: list[Item] = []
     events: list[tuple[Any, ...]] = []
     samples: list[tuple[Any, ...]] = []
+    # The same rows as PostgreSQL's binary COPY tuples, which the writers send to both databases (db.copy_format).
+    event_tuples: list[bytes] = []
+    sample_tuples: list[bytes] = []
+    parts, keys = TupleParts(agent, epoch, seq), dict[str, bytes]()
     for index, wire_item in enumerate(wire.items):
         kind = wire_item.WhichOneof("kind")
         if kind == "performance":
@@ -95,12 +109,18 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
                                ("counter_name", counter, MAX_KEY_CHARS), ("instance_name", instance, MAX_KEY_CHARS)))
             stamp = p.sampled_at
             seconds, nanos = stamp.seconds, stamp.nanos
+            micros = seconds * 1_000_000 + nanos // 1000
             # As _time makes it; _time itself when unset, the epoch itself or out of range (it says which).
-            at = _EPOCH + _MICROSECOND * (seconds * 1_000_000 + nanos // 1000) \
+            at = _EPOCH + _MICROSECOND * micros \
                 if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
                 else _time(index, "sampled_at", p)
             items.append(_new(PerformanceSample, (at, key, obj, counter, instance, value)))
             samples.append((agent, at, key, obj, counter, instance, value, row_epoch, seq, index))
+            sample_tuples.append(b"".join((
+                parts.sample_head, time_field(8, micros - PG_EPOCH_MICROSECONDS),
+                keys.get(key) or key_field(keys, key), keys.get(obj) or key_field(keys, obj),
+                keys.get(counter) or key_field(keys, counter), keys.get(instance) or key_field(keys, instance),
+                float8_field(8, value), parts.tail, int4_field(4, index))))
         elif kind == "event":
             e = wire_item.event
             key, channel, source, description = e.object_key, e.channel, e.source, e.description
@@ -113,18 +133,26 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
                                    "event id as the source logged it")
             stamp = e.logged_at
             seconds, nanos = stamp.seconds, stamp.nanos
-            at = _EPOCH + _MICROSECOND * (seconds * 1_000_000 + nanos // 1000) \
+            micros = seconds * 1_000_000 + nanos // 1000
+            at = _EPOCH + _MICROSECOND * micros \
                 if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
                 else _time(index, "logged_at", e)
             level = levels.get(e.level) or _enum(EventLevel, index, "level", e.level)  # (levels are 1 to 5)
             items.append(_new(Event, (at, key, channel, source, number, level, description)))
             events.append((agent, at, key, channel, source, number, level, description, row_epoch, seq, index))
+            event_tuples.append(b"".join((
+                parts.event_head, time_field(8, micros - PG_EPOCH_MICROSECONDS),
+                keys.get(key) or key_field(keys, key), keys.get(channel) or key_field(keys, channel),
+                keys.get(source) or key_field(keys, source),
+                int4_field(4, number), int2_field(2, level), text_field(description), parts.tail,
+                int4_field(4, index))))
         else:
             items.append(_item(index, wire_item))
     batch = Batch(agent, epoch, seq, lane, tuple(items))  # refuses an item of the other lane's kinds
     if lane is Lane.BULK:
-        attach_series_rows(batch, {PARTITIONED_TABLES[ItemKind.EVENT]: events,
-                                   PARTITIONED_TABLES[ItemKind.PERFORMANCE]: samples})
+        event_table, sample_table = PARTITIONED_TABLES[ItemKind.EVENT], PARTITIONED_TABLES[ItemKind.PERFORMANCE]
+        attach_series_rows(batch, {event_table: events, sample_table: samples},
+                           {event_table: b"".join(event_tuples), sample_table: b"".join(sample_tuples)})
     return batch
 
 
