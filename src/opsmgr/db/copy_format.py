@@ -14,19 +14,18 @@ endian, uuid its 16 bytes; each field is its length (int32) and its bytes, each 
 from __future__ import annotations
 
 import struct
-from datetime import UTC, datetime, timedelta
 from uuid import UUID
+
+from opsmgr.db.routing import TABLE_COLUMNS
 
 # The stream's signature, flags and header extension length; and the trailer, a field count of -1.
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
 
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-PG_EPOCH_MICROSECONDS = 946_684_800_000_000  # PostgreSQL's epoch in microseconds since the Unix epoch
-_MICROSECOND = timedelta(microseconds=1)
+PG_EPOCH_MICROSECONDS = 946_684_800_000_000  # PostgreSQL's epoch, 2000-01-01 UTC, in microseconds since 1970's
 
 # Each a field's length and value, packed in one call (the callers pass the length, a constant).
-time_field = struct.Struct(">iq").pack  # (8, microseconds since PG_EPOCH)
+time_field = struct.Struct(">iq").pack  # (8, microseconds since 2000-01-01 UTC)
 float8_field = struct.Struct(">id").pack  # (8, value)
 int4_field = struct.Struct(">ii").pack  # (4, value)
 int2_field = struct.Struct(">ih").pack  # (2, value)
@@ -34,6 +33,7 @@ _INT8_FIELD = struct.Struct(">iq").pack
 _UUID_FIELD = struct.Struct(">i16s").pack
 _FIELD_COUNT = struct.Struct(">h").pack
 _LENGTH = struct.Struct(">i").pack
+
 
 def key_field(fields: dict[str, bytes], value: str) -> bytes:
     """The field of a key-like text (object key, counter or instance name, channel, source), kept in `fields`: such
@@ -48,11 +48,6 @@ def text_field(value: str) -> bytes:
     return _LENGTH(len(encoded)) + encoded
 
 
-def microseconds_since_pg_epoch(moment: datetime) -> int:
-    """An aware time as the microseconds a timestamptz field holds."""
-    return (moment - PG_EPOCH) // _MICROSECOND
-
-
 class TupleParts:
     """What every tuple of one batch shares: the field count and agent first, the epoch and sequence number last."""
 
@@ -60,6 +55,6 @@ class TupleParts:
 
     def __init__(self, agent: str, epoch: UUID, seq: int) -> None:
         agent_field = text_field(agent)
-        self.event_head = _FIELD_COUNT(11) + agent_field  # events: 11 columns
-        self.sample_head = _FIELD_COUNT(10) + agent_field  # performance_samples: 10 columns
+        self.event_head = _FIELD_COUNT(len(TABLE_COLUMNS["events"])) + agent_field
+        self.sample_head = _FIELD_COUNT(len(TABLE_COLUMNS["performance_samples"])) + agent_field
         self.tail = _UUID_FIELD(16, epoch.bytes) + _INT8_FIELD(8, seq)
