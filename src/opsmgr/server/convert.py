@@ -99,30 +99,18 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
     event_tuples: list[bytes] = []
     sample_tuples: list[bytes] = []
     parts, keys = TupleParts(agent, epoch, seq), dict[str, bytes]()
+    message: Message  # the item's own message, whose time _time reads when the quick path does not take it
     for index, wire_item in enumerate(wire.items):
         kind = wire_item.WhichOneof("kind")
         if kind == "performance":
-            p = wire_item.performance
+            p = message = wire_item.performance
             key, obj, counter, instance, value = p.object_key, p.object_name, p.counter_name, p.instance_name, p.value
             if not _short_texts(key, obj, counter, instance):
                 _texts(index, (("object_key", key, MAX_KEY_CHARS), ("object_name", obj, MAX_KEY_CHARS),
                                ("counter_name", counter, MAX_KEY_CHARS), ("instance_name", instance, MAX_KEY_CHARS)))
-            stamp = p.sampled_at
-            seconds, nanos = stamp.seconds, stamp.nanos
-            micros = seconds * 1_000_000 + nanos // 1000
-            # As _time makes it; _time itself when unset, the epoch itself or out of range (it says which).
-            at = _EPOCH + _MICROSECOND * micros \
-                if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
-                else _time(index, "sampled_at", p)
-            items.append(_new(PerformanceSample, (at, key, obj, counter, instance, value)))
-            samples.append((agent, at, key, obj, counter, instance, value, row_epoch, seq, index))
-            sample_tuples.append(b"".join((
-                parts.sample_head, time_field(8, micros - PG_EPOCH_MICROSECONDS),
-                keys.get(key) or key_field(keys, key), keys.get(obj) or key_field(keys, obj),
-                keys.get(counter) or key_field(keys, counter), keys.get(instance) or key_field(keys, instance),
-                float8_field(8, value), parts.tail, int4_field(4, index))))
+            stamp, stamp_name = p.sampled_at, "sampled_at"
         elif kind == "event":
-            e = wire_item.event
+            e = message = wire_item.event
             key, channel, source, description = e.object_key, e.channel, e.source, e.description
             if not _short_texts(key, channel, source) or len(description) > MAX_STRING_CHARS or "\x00" in description:
                 _texts(index, (("object_key", key, MAX_KEY_CHARS), ("channel", channel, MAX_KEY_CHARS),
@@ -131,23 +119,33 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
             if not _INT32[0] <= number <= _INT32[1]:
                 raise InvalidBatch(f"batch.items[{index}].number = {number}: outside 32-bit range. Fix: send the "
                                    "event id as the source logged it")
-            stamp = e.logged_at
-            seconds, nanos = stamp.seconds, stamp.nanos
-            micros = seconds * 1_000_000 + nanos // 1000
-            at = _EPOCH + _MICROSECOND * micros \
-                if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
-                else _time(index, "logged_at", e)
+            stamp, stamp_name = e.logged_at, "logged_at"
+        else:
+            items.append(_item(index, wire_item))
+            continue
+        seconds, nanos = stamp.seconds, stamp.nanos
+        micros = seconds * 1_000_000 + nanos // 1000
+        # As _time makes it; _time itself when unset, the epoch itself or out of range (it says which).
+        at = _EPOCH + _MICROSECOND * micros if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
+            else _time(index, stamp_name, message)
+        wire_time = time_field(8, micros - PG_EPOCH_MICROSECONDS)
+        if kind == "performance":
+            items.append(_new(PerformanceSample, (at, key, obj, counter, instance, value)))
+            samples.append((agent, at, key, obj, counter, instance, value, row_epoch, seq, index))
+            sample_tuples.append(b"".join((
+                parts.sample_head, wire_time, keys.get(key) or key_field(keys, key),
+                keys.get(obj) or key_field(keys, obj), keys.get(counter) or key_field(keys, counter),
+                keys.get(instance) or key_field(keys, instance), float8_field(8, value), parts.tail,
+                int4_field(4, index))))
+        else:
             level = levels.get(e.level) or _enum(EventLevel, index, "level", e.level)  # (levels are 1 to 5)
             items.append(_new(Event, (at, key, channel, source, number, level, description)))
             events.append((agent, at, key, channel, source, number, level, description, row_epoch, seq, index))
             event_tuples.append(b"".join((
-                parts.event_head, time_field(8, micros - PG_EPOCH_MICROSECONDS),
-                keys.get(key) or key_field(keys, key), keys.get(channel) or key_field(keys, channel),
-                keys.get(source) or key_field(keys, source),
+                parts.event_head, wire_time, keys.get(key) or key_field(keys, key),
+                keys.get(channel) or key_field(keys, channel), keys.get(source) or key_field(keys, source),
                 int4_field(4, number), int2_field(2, level), text_field(description), parts.tail,
                 int4_field(4, index))))
-        else:
-            items.append(_item(index, wire_item))
     batch = Batch(agent, epoch, seq, lane, tuple(items))  # refuses an item of the other lane's kinds
     if lane is Lane.BULK:
         event_table, sample_table = PARTITIONED_TABLES[ItemKind.EVENT], PARTITIONED_TABLES[ItemKind.PERFORMANCE]
