@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from operator import itemgetter
 from typing import Any
+from uuid import UUID
 
 from asyncpg.pgproto.pgproto import UUID as CopyUUID
 
@@ -80,6 +81,9 @@ class WritePlan:
     partitions: frozenset[PartitionKey]
     written: Mapping[ItemKind, int]
     dropped: Mapping[tuple[ItemKind, DropReason], int]
+    # Each table's rows as binary COPY tuples, for the tables whose rows the batch's former made them of and that
+    # lost none to the acceptance window; the writers COPY these bytes instead of encoding the rows again.
+    copy_tuples: Mapping[str, bytes] = field(default_factory=dict)
 
     @property
     def items_written(self) -> int:
@@ -99,6 +103,8 @@ class Series:
     spans: Mapping[str, tuple[datetime, datetime]]
     alerts: tuple[Alert, ...]
     discovery: tuple[DiscoveryItem, ...]
+    # The rows of some tables as binary COPY tuples, when whoever formed the batch made them (attach_series_rows).
+    copy_tuples: Mapping[str, bytes] = field(default_factory=dict)
 
 
 def series_of(batch: Batch) -> Series:
@@ -111,13 +117,33 @@ def series_of(batch: Batch) -> Series:
     return series
 
 
+def copy_epoch(epoch: UUID) -> CopyUUID:
+    """A batch epoch as its rows carry it: asyncpg's own UUID type, whose binary COPY encoder copies its 16 bytes,
+    where a uuid.UUID costs a call of the Python `bytes` property per row (a tenth of the COPY's client time). It is
+    a uuid.UUID subclass, equal to it."""
+    return CopyUUID(epoch.bytes)
+
+
+def attach_series_rows(batch: Batch, rows: Mapping[str, list[tuple[Any, ...]]],
+                       copy_tuples: Mapping[str, bytes]) -> None:
+    """Give a batch of events and performance samples alone the rows its items become, built by whoever formed its
+    items in the same pass (the server, from the wire: one pass per item instead of two), and the same rows as
+    binary COPY tuples (opsmgr.db.copy_format). Each row must be exactly what `_series` builds: (agent, the item's
+    fields in order, copy_epoch(epoch), seq, item number)."""
+    if batch._series is not None or not batch.kinds() <= _BULK_SERIES:
+        raise ValueError("attach_series_rows takes the rows of a batch of events and performance samples alone, "
+                         "before its series is first used")
+    filled = {table: found for table, found in rows.items() if found}
+    series = Series(filled, {table: _span(found) for table, found in filled.items()}, (), (),
+                    {table: copy_tuples[table] for table in filled})
+    object.__setattr__(batch, "_series", series)  # a memo on frozen data, as series_of keeps it
+
+
 def _series(batch: Batch) -> Series:
     rows: dict[str, list[tuple[Any, ...]]] = {}
     alerts: list[Alert] = []
     discovery: list[DiscoveryItem] = []
-    # asyncpg's own UUID type: its binary COPY encoder copies its 16 bytes, where a uuid.UUID costs a call of the
-    # Python `bytes` property per row (a tenth of the COPY's client time). It is a uuid.UUID subclass, equal to it.
-    agent, epoch, seq = batch.agent, CopyUUID(batch.epoch.bytes), batch.seq
+    agent, epoch, seq = batch.agent, copy_epoch(batch.epoch), batch.seq
     for item_no, item in enumerate(batch.items):
         table = _SERIES_TABLES.get(type(item))
         if table is not None:
@@ -149,6 +175,7 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
     written: dict[ItemKind, int] = {}
     dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
     partitions: set[PartitionKey] = set()
+    copy_tuples: dict[str, bytes] = {}
     for table, table_rows in series.rows.items():
         kind = TABLE_KINDS[table]
         if database not in ROUTES[kind]:
@@ -168,6 +195,8 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
             if not found:
                 continue
             first, last = _span(found)
+        elif table in series.copy_tuples:
+            copy_tuples[table] = series.copy_tuples[table]
         rows[table] = found  # shared with the other database's plan: COPY only reads it
         written[kind] = len(found)
         # Every day between the table's oldest and newest row: a superset is harmless, and far cheaper per item.
@@ -180,7 +209,7 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
     if database in ROUTES[ItemKind.DISCOVERY] and series.discovery:
         discovery = series.discovery
         written[ItemKind.DISCOVERY] = len(series.discovery)
-    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped))
+    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped), copy_tuples)
 
 
 # A time-series row is (agent, the item's fields in order, batch epoch, batch seq, item number): one tuple built per
@@ -188,6 +217,9 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
 _SERIES_TABLES: Mapping[type, str] = {
     Event: PARTITIONED_TABLES[ItemKind.EVENT], PerformanceSample: PARTITIONED_TABLES[ItemKind.PERFORMANCE],
     StateChange: PARTITIONED_TABLES[ItemKind.STATE]}
+
+
+_BULK_SERIES = frozenset({ItemKind.EVENT, ItemKind.PERFORMANCE})
 
 
 def _check_series_columns() -> None:

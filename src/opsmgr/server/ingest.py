@@ -101,7 +101,8 @@ class DatabaseLink:
         await self.pool()  # the schema first
         async with self._opening:
             if self._writer_pool is None:
-                self._writer_pool = await self._create_pool(self.writers, init=prepare_writer_connection)
+                self._writer_pool = await self._create_pool(self.writers, init=prepare_writer_connection,
+                                                            reset=_keep_writer_session)
             return self._writer_pool
 
     async def _create_pool(self, size: int, **more: Any) -> asyncpg.Pool:
@@ -117,6 +118,13 @@ class DatabaseLink:
                     await pool.close()
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()  # a stalled peer: a polite close waited in vain, so cut the sockets
+
+
+async def _keep_writer_session(conn: asyncpg.Connection) -> None:
+    """What the writers' pool does to a connection given back, after asyncpg rolls back a transaction left open:
+    nothing more. The default reset (advisory unlock all, CLOSE ALL, UNLISTEN *, RESET ALL) is one more round trip
+    per group commit, and undoes nothing here: the writers run their own statements in managed transactions and
+    set, hold, declare and listen to nothing beyond a transaction."""
 
 
 class IngestPipeline:

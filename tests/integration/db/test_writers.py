@@ -11,10 +11,23 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from opsmgr.db.model import Batch, Database, DiscoveryItem, DropReason, Item, ItemKind, Lane, ResolutionState
+from opsmgr.db.model import (
+    Batch,
+    Database,
+    DiscoveryItem,
+    DropReason,
+    Event,
+    EventLevel,
+    Item,
+    ItemKind,
+    Lane,
+    PerformanceSample,
+    ResolutionState,
+)
 from opsmgr.db.partitions import PARTITIONED_TABLES, partition_day, partition_name
-from opsmgr.db.routing import databases_for
+from opsmgr.db.routing import TABLE_COLUMNS, databases_for
 from opsmgr.db.schema import existing_partitions
 from opsmgr.db.writer import (
     CommitOutcome,
@@ -25,6 +38,8 @@ from opsmgr.db.writer import (
     write_warehouse,
     write_warehouse_batches,
 )
+from opsmgr.protocol import agent_channel_pb2 as pb
+from opsmgr.server.convert import to_batch
 from tests.integration.db.conftest import Databases
 from tests.unit.db.builders import AGENT, alert, batch, discovery, event, sample, state_change
 
@@ -266,3 +281,60 @@ async def test_a_writers_connection_stores_every_instant_as_given_and_refuses_a_
             await writer.fetchval("SELECT $1::timestamptz", datetime(2026, 6, 1, 12))
     finally:
         await writer.close()
+
+
+def wire_of(items: list[Item], seq: int) -> pb.DataBatch:
+    """A bulk batch as an agent sends it."""
+    wire = pb.DataBatch(epoch=str(uuid.uuid4()), seq=seq, lane=pb.LANE_BULK)
+    for item in items:
+        stamp = Timestamp()
+        stamp.FromDatetime(item.timestamp)
+        if isinstance(item, Event):
+            wire.items.add().event.CopyFrom(pb.Event(
+                logged_at=stamp, object_key=item.object_key, channel=item.channel, source=item.source,
+                number=item.number, level=int(item.level), description=item.description))
+        else:
+            assert isinstance(item, PerformanceSample)
+            wire.items.add().performance.CopyFrom(pb.PerformanceSample(
+                sampled_at=stamp, object_key=item.object_key, object_name=item.object_name,
+                counter_name=item.counter_name, instance_name=item.instance_name, value=item.value))
+    return wire
+
+
+async def rows_of(conn: asyncpg.Connection, table: str, sent: Batch) -> list[tuple[object, ...]]:
+    """The batch's rows in `table`, without the epoch (the copies compared carry different ones)."""
+    columns = ", ".join(column for column in TABLE_COLUMNS[table] if column != "batch_epoch")
+    found = await conn.fetch(f"SELECT {columns} FROM {table} WHERE batch_epoch = $1 ORDER BY item_no", sent.epoch)
+    return [tuple(row) for row in found]
+
+
+async def test_a_batch_formed_from_the_wire_lands_as_the_same_rows_as_its_items(databases: Databases) -> None:
+    """The server sends both databases the binary COPY tuples it made while converting a bulk batch; what lands is
+    what the writers make of the items themselves, whatever the text, number or time."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    items: list[Item] = [
+        Event(now - timedelta(hours=30, microseconds=1), "Linux.Computer:wéb01 ☃", "syslog", "sshd", -(2**31),
+              EventLevel.CRITICAL, "Failed password for ünïcode 🚀\ttab"),
+        PerformanceSample(now - timedelta(microseconds=999_999), "k", "Processor", "% Processor Time", "", -0.5),
+        PerformanceSample(now - timedelta(days=2, seconds=1), "k", "Memory", "Available MBytes", "_Total", 1e300),
+        Event(now, "k" * 200, "c", "s", 2**31 - 1, EventLevel.VERBOSE, ""),
+        PerformanceSample(now, "k", "Processor", "% Processor Time", "cpu1", 0.0)]
+    formed = to_batch(AGENT, wire_of(items, 1))
+    assert formed.items == tuple(items)
+    model = Batch(AGENT, uuid.uuid4(), 1, Lane.BULK, formed.items)  # encoded by asyncpg, row by row
+    group = [to_batch(AGENT, wire_of(items[:2], 2)), Batch(AGENT, uuid.uuid4(), 2, Lane.BULK, tuple(items[2:]))]
+    for database, write in ((Database.OPERATIONAL, write_operational_batches),
+                            (Database.WAREHOUSE, write_warehouse_batches)):
+        conn = databases.conn(database)
+        await prepare_writer_connection(conn)
+        for sent in (formed, model):
+            await write(conn, [sent])
+        await write(conn, group)  # a group of a formed batch and a model one
+        for table in ("events", "performance_samples"):
+            assert await rows_of(conn, table, formed) == await rows_of(conn, table, model)
+            assert len(await rows_of(conn, table, model)) == (2 if table == "events" else 3)
+        # Item numbers of the group's rows: the formed batch's item 0 and 1, the model batch's 0, 1 and 2.
+        numbers = {(table, n): [row[-1] for row in await rows_of(conn, table, sent)]
+                   for table in ("events", "performance_samples") for n, sent in enumerate(group)}
+        assert numbers == {("events", 0): [0], ("events", 1): [1],
+                           ("performance_samples", 0): [1], ("performance_samples", 1): [0, 2]}

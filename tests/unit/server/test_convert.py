@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from opsmgr.db.model import Alert, Database, Event, InvalidBatch, Lane
+from opsmgr.db.model import Alert, Batch, Database, Event, InvalidBatch, Lane, Retention
+from opsmgr.db.routing import plan_write
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_KEY_CHARS, MAX_STRING_CHARS
 from opsmgr.server.convert import owed_databases, to_batch
@@ -121,3 +122,22 @@ def test_keys_are_limited_one_by_one_not_together() -> None:
 def test_a_time_set_to_the_epoch_is_a_time_not_a_missing_one() -> None:
     converted = to_batch(AGENT, batch(event(logged_at=Timestamp(seconds=0, nanos=0))))
     assert converted.items[0].timestamp == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def test_a_bulk_batch_is_written_as_the_rows_of_its_items_in_order() -> None:
+    """The server forms a bulk batch's rows along with its items: they are the rows the writers make of the items."""
+    later = Timestamp(seconds=int(NOW.timestamp()) + 61, nanos=999_999_999)
+    wire = batch(sample(), event(logged_at=later), sample(instance_name="cpu1", value=-0.5), event(level=1))
+    converted = to_batch(AGENT, wire)
+    rebuilt = Batch(converted.agent, converted.epoch, converted.seq, converted.lane, converted.items)
+    for database in Database:
+        planned, expected = (plan_write(b, database, Retention(), NOW) for b in (converted, rebuilt))
+        assert planned.rows == expected.rows
+        assert planned.partitions == expected.partitions and planned.written == expected.written
+    assert [row[-1] for row in planned.rows["events"]] == [1, 3]
+
+
+def test_times_at_the_ends_of_the_representable_range_convert_exactly() -> None:
+    for moment in (Timestamp(seconds=-62_135_596_800, nanos=0), Timestamp(seconds=253_402_300_799, nanos=999_999_000)):
+        converted = to_batch(AGENT, batch(sample(sampled_at=moment)))
+        assert converted.items[0].timestamp == moment.ToDatetime(tzinfo=UTC)
