@@ -51,6 +51,9 @@ EVENT_POSTER_IDLE_SECONDS = 0.05
 # buffers alone were the largest part of the operator's memory (45 of 81 MiB malloc'd at 2,000 Agents, heaptrack).
 # OpenSSL hands back at most one record (16 KiB) per read, so 32 KiB still takes two records per receive.
 TLS_READ_BUFFER = 32 * 1024
+# How long kopf keeps a per-object worker (its task, queue and the object's latest body) after the object's last
+# event. kopf's 5 s kept one for nearly every Agent of a burst at once.
+OBJECT_WORKER_IDLE_SECONDS = 0.5
 
 
 async def _api_client() -> kube_client.ApiClient:
@@ -97,6 +100,7 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
     # indexing runs in those same workers, so a restart that found more Agents than the limit deadlocked (the
     # first workers waited for an index that the queued rest never filled). API calls are bounded by the pool.
     settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = OBJECT_WORKER_IDLE_SECONDS
     # Served resources are found once at start (our CRDs are installed first), so no cluster-wide CRD watch.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
