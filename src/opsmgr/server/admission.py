@@ -18,6 +18,7 @@ class Refusal:
 
     reason: str
     message: str
+    retry: bool = False  # the peer did nothing wrong and should dial again soon (gRPC UNAVAILABLE, not denied)
 
 
 def claimed_role(certificate: x509.Certificate, directory: AgentDirectory) -> tuple[Role, str | None]:
@@ -74,6 +75,12 @@ def admit_speaker(identity: Identity, agent: str, directory: AgentDirectory) -> 
 
 def _agent_admitted(agent: str, directory: AgentDirectory) -> Refusal | None:
     record = directory.lookup(agent)
+    if record is None and directory.loading:
+        # A server that has not finished listing the group's Agents (just started, or the Kubernetes API is slow)
+        # must not tell a registered agent that it is unknown: it says so, and the agent dials again.
+        return Refusal("DirectoryLoading", f"agent {agent} is not in what this server has read of the group's "
+                                           "Agents yet: it is still listing them from the Kubernetes API; retry "
+                                           "shortly", retry=True)
     if record is None:
         return Refusal("UnknownAgent", f"agent {agent} is not registered in this management group: create its "
                                        "Agent resource (or enroll it)")

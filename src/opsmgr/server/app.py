@@ -117,6 +117,17 @@ class ManagementServer:
         await self._until_ready(self.links[Database.OPERATIONAL])
         for pipeline in self.pipelines.values():
             pipeline.start()
+        cluster_tasks: list[asyncio.Task[None]] = []
+        if self.kube_directory is not None:
+            # The group's Agents are listed before the agent port opens (bounded by the link's sync timeout), so a
+            # freshly started server does not turn registered agents away while it is still reading who they are.
+            self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
+                                                                 self.channel.recheck_directory, self.channel)
+            assert self.config.kubernetes is not None  # a Kubernetes directory comes only with Kubernetes access
+            signer = EnrollmentCluster(self.cluster.kube, namespace=self.config.kubernetes.namespace,
+                                       group=self.config.group, ca_secret=self.config.enrollment.ca_secret,
+                                       server=self.config.name)
+            self.channel.renewal = CertificateRenewal(signer, lambda: self.revocations.current)
         self._grpc = aio.server(options=grpc_options())
         self._grpc.add_generic_rpc_handlers([self.channel.handler()])
         credentials = server_credentials(*await asyncio.to_thread(
@@ -133,15 +144,7 @@ class ManagementServer:
                                            name="alert-sync")]
         if self.file_directory is not None:
             self._tasks.append(asyncio.create_task(self.file_directory.watch(), name="directory-watch"))
-        if self.kube_directory is not None:
-            self.cluster, cluster_tasks = await ClusterLink.open(self.config, self.watcher, self.kube_directory,
-                                                                 self.channel.recheck_directory, self.channel)
-            self._tasks += cluster_tasks
-            assert self.config.kubernetes is not None  # a Kubernetes directory comes only with Kubernetes access
-            signer = EnrollmentCluster(self.cluster.kube, namespace=self.config.kubernetes.namespace,
-                                       group=self.config.group, ca_secret=self.config.enrollment.ca_secret,
-                                       server=self.config.name)
-            self.channel.renewal = CertificateRenewal(signer, lambda: self.revocations.current)
+        self._tasks += cluster_tasks
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="health-service-watcher")
         if self.cluster is not None:
             assert self.config.kubernetes is not None

@@ -30,7 +30,7 @@ from opsmgr.server.metrics import ServerMetrics
 from opsmgr.server.pack_rules import PackConfig
 from opsmgr.server.presence import PresenceLedger
 from opsmgr.server.renewal import CertificateRenewal
-from opsmgr.server.session import AgentSession, SessionSettings
+from opsmgr.server.session import AgentSession, SessionSettings, refusal_status
 from opsmgr.server.task_rules import SentTask
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class AgentChannel:
         if refusal is not None:
             self._refuse_open(peer, identity.name, refusal)
             await _take_hello(context)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
+            await context.abort(refusal_status(refusal), refusal.message)
         session = AgentSession(context, identity, certificate.serial_number, settings=self.settings,
                                pipelines=self.pipelines, parking=self.parking, metrics=self.metrics,
                                presence=self.presence, directory=self.directory, peer=peer, certificate=certificate,
@@ -163,7 +163,7 @@ class AgentChannel:
             refusal = admit_stream(session.identity, self.directory)
             if refusal is None and session.agent is not None:
                 refusal = admit_speaker(session.identity, session.agent, self.directory)
-            if refusal is not None:
+            if refusal is not None and not refusal.retry:  # a directory still loading closes nothing it admitted
                 session.close(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
 

@@ -51,6 +51,11 @@ class AgentDirectory(Protocol):
 
     def gateway(self, fqdn: str) -> GatewayRecord | None: ...
 
+    @property
+    def loading(self) -> bool:
+        """True while the directory is still being read: a miss then means "not known yet", not "unknown"."""
+        ...
+
 
 class DirectoryFileError(ValueError):
     """The directory file is not what it should be; the message names the entry, the value and the fix."""
@@ -66,6 +71,10 @@ class DirectorySnapshot:
 
     def gateway(self, fqdn: str) -> GatewayRecord | None:
         return self.gateways.get(fqdn.lower().removesuffix("."))
+
+    @property
+    def loading(self) -> bool:
+        return False
 
 
 def parse_directory(document: object) -> DirectorySnapshot:
@@ -133,6 +142,10 @@ class FileAgentDirectory:
 
     def gateway(self, fqdn: str) -> GatewayRecord | None:
         return self._snapshot.gateway(fqdn)
+
+    @property
+    def loading(self) -> bool:
+        return False  # read when constructed
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every reload that changed the snapshot (the listener re-checks live streams)."""

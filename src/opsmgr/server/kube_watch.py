@@ -133,3 +133,7 @@ class KubeAgentDirectory:
 
     def gateway(self, fqdn: str) -> GatewayRecord | None:
         return self.fallback.gateway(fqdn) if self.fallback else None
+
+    @property
+    def loading(self) -> bool:
+        return self.catalog is None or not self.catalog.synced

@@ -247,7 +247,7 @@ class AgentSession:
         agent = (hello.agent or self.identity.name).strip().lower().removesuffix(".")
         refusal = admit_speaker(self.identity, agent, self.directory)
         if refusal is not None:
-            return Closing(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            return Closing(refusal_status(refusal), refusal)
         self.agent = agent
         self._on_bound(self)
         via = self.identity.name if agent != self.identity.name else None
@@ -521,3 +521,8 @@ def _may_owe_operational(wire: pb.DataBatch) -> bool:
 
 def _queue(status: pb.QueueStatus) -> QueueReport:
     return QueueReport(status.depth_items, status.size_bytes, status.limit_bytes, status.evicted_items_total)
+
+
+def refusal_status(refusal: Refusal) -> grpc.StatusCode:
+    """UNAVAILABLE for a refusal the peer should simply retry, PERMISSION_DENIED for one that needs a person."""
+    return grpc.StatusCode.UNAVAILABLE if refusal.retry else grpc.StatusCode.PERMISSION_DENIED

@@ -18,6 +18,7 @@ from opsmgr.server.directory import (
     GatewayRecord,
     parse_directory,
 )
+from opsmgr.server.kube_watch import KubeAgentDirectory
 from tests.unit.pki.forge import forge_leaf
 
 GW = "gw01.dmz.contoso.test"
@@ -47,6 +48,19 @@ def test_an_approved_agent_opens_a_stream_and_speaks_for_itself() -> None:
 def test_pending_and_unknown_agents_are_refused_at_open(name: str, reason: str) -> None:
     refusal = admit_stream(agent(name), DIRECTORY)
     assert refusal is not None and refusal.reason == reason
+
+
+def test_a_server_still_listing_the_groups_agents_asks_an_agent_it_has_not_read_yet_to_retry() -> None:
+    """Before the first listing only the fallback (the directory file) answers: a miss then is not "unknown"."""
+    loading = KubeAgentDirectory(catalog=None, fallback=DIRECTORY)
+    refusal = admit_stream(agent("ghost.contoso.test"), loading)
+    assert refusal is not None and refusal.reason == "DirectoryLoading" and refusal.retry, refusal
+    assert "still listing" in refusal.message and "ghost.contoso.test" in refusal.message
+    assert admit_stream(agent("web01.contoso.test"), loading) is None  # what the file already vouches for
+    pending = admit_stream(agent("web02.contoso.test"), loading)
+    assert pending is not None and pending.reason == "NotApproved" and not pending.retry
+    unknown = admit_stream(agent("ghost.contoso.test"), DIRECTORY)
+    assert unknown is not None and unknown.reason == "UnknownAgent" and not unknown.retry
 
 
 def test_an_agent_may_not_speak_for_another() -> None:
