@@ -65,7 +65,7 @@ import asyncio, signal, sys
 from pathlib import Path
 from opsmgr.cli import main as command
 command.get_command(None, "agent")  # what `opsmgr agent` imports: its configuration, grpc and its stubs
-from opsmgr.agent.cli import one_malloc_arena
+from opsmgr.allocator import one_malloc_arena
 one_malloc_arena()  # as `opsmgr agent` does before its first thread
 from opsmgr.agent.collection import Collection, CollectionSettings
 from opsmgr.agent.queue import DiskQueue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import signal
 from pathlib import Path
@@ -14,24 +13,10 @@ from opsmgr.agent.config import AgentConfig, AgentConfigError, load_config
 from opsmgr.agent.identity import IdentityError
 from opsmgr.agent.queue import QueueError
 from opsmgr.agent.service import AgentRefused, run_agent
+from opsmgr.allocator import one_malloc_arena
 
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
-
-
-def one_malloc_arena() -> None:
-    """Let every thread of this process share one glibc malloc arena; call it before any thread starts.
-
-    glibc gives each thread that allocates an arena of its own (up to 8 per core), and each arena keeps the memory
-    freed into it. The agent's few threads (gRPC's, the queue's SQLite thread, discovery and counter workers)
-    allocate little and seldom at the same time, so sharing one costs no measurable CPU, while the arenas they
-    each keep cost the agent 1.6 to 4 MB of RSS in bench_agent_collection (issue 9's budget is 50 MB).
-    Does nothing where the C library has no mallopt (e.g. musl).
-    """
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_ARENA_MAX, 1)
 
 
 @click.command("agent")

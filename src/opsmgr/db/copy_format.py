@@ -2,7 +2,7 @@
 
 asyncpg encodes the records of a COPY itself, per connection: every row of a bulk batch twice (once per database),
 its timestamps through a Python codec call each time, in a buffer that grows a few hundred bytes at a time (each
-page a remap, as the server maps blocks of 16 KB and more: server.allocator). The server instead makes each bulk
+page a remap, as the server maps blocks of 16 KB and more: opsmgr.allocator). The server instead makes each bulk
 item's tuple while it converts the item from the wire (opsmgr.server.convert), where the time is still whole
 microseconds, and the writers send the batch's tuples to both databases (opsmgr.db.writer).
 

@@ -18,6 +18,7 @@ from kubernetes_asyncio import client as kube_client
 from kubernetes_asyncio import config as kube_config
 from prometheus_client import start_http_server
 
+from opsmgr.allocator import glibc_malloc, release_free_memory
 from opsmgr.operator import (
     agent,
     agent_task,
@@ -54,6 +55,11 @@ TLS_READ_BUFFER = 32 * 1024
 # How long kopf keeps a per-object worker (its task, queue and the object's latest body) after the object's last
 # event. kopf's 5 s kept one for nearly every Agent of a burst at once.
 OBJECT_WORKER_IDLE_SECONDS = 0.5
+# How often the operator hands glibc's free pages back to the kernel (see opsmgr.allocator). A burst of new Agents
+# leaves holes among what the operator keeps: bench_operator, 10,000 Agents, 4 runs each, medians: peak RSS
+# 266 -> 247 MiB (highest 287 -> 262), 15 s after the last Ready 265 -> 232 MiB; CPU per Agent unchanged. A pass
+# that finds nothing to give back takes under a millisecond.
+RELEASE_MEMORY_SECONDS = 2.0
 
 
 async def _api_client() -> kube_client.ApiClient:
@@ -109,15 +115,27 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, logger: kopf.Lo
         start_http_server(memo.metrics_port)
     if memo.webhook is not None:
         await webhook.start(memo.context, memo.webhook, memo)
+    memo.releasing = asyncio.create_task(_release_free_memory_every(RELEASE_MEMORY_SECONDS), name="release-memory")
     logger.info(f"opsmgr operator started; servers run {memo.image}, embedded databases {memo.postgres_image}")
 
 
 @kopf.on.cleanup()
 async def cleanup(*, memo: Any, **_: Any) -> None:
+    releasing = getattr(memo, "releasing", None)
+    if releasing is not None:
+        releasing.cancel()
     await webhook.stop(memo)
     context = getattr(memo, "context", None)
     if isinstance(context, OperatorContext):
         await context.kube.api.close()
+
+
+async def _release_free_memory_every(seconds: float) -> None:
+    if not glibc_malloc():
+        return  # another C library keeps its own ways
+    while True:
+        await asyncio.sleep(seconds)
+        release_free_memory()
 
 
 def _small_tls_read_buffers() -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from opsmgr.server.allocator import map_large_blocks
+from opsmgr.allocator import map_large_blocks
 from opsmgr.server.tls import restrict_cipher_suites
 
 if TYPE_CHECKING:
