@@ -137,8 +137,9 @@ class ManagementServer:
         if agent_port == 0:
             raise OSError(f"cannot listen on {listen.address}:{listen.port} (listen.port): is it in use?")
         await self._grpc.start()
-        metrics_port = await self.health.start(self.config.metrics.address, self.config.metrics.port)
         enrollment_port = await self.enrollment.start() if self.enrollment is not None else None
+        # /healthz last: once it answers, every port this server serves is listening.
+        metrics_port = await self.health.start(self.config.metrics.address, self.config.metrics.port)
         self._tasks = [asyncio.create_task(self.revocations.watch(), name="revocation-watch"),
                        asyncio.create_task(self._every(self.config.ingest.alert_sync_seconds, self._sync_alerts),
                                            name="alert-sync")]
