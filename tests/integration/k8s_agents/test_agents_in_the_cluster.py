@@ -81,9 +81,12 @@ def test_sidecar_and_node_agents_come_report_and_go_without_alerts(kubectl: Kube
     wait_ready(kubectl, "prod", runtime=local_runtime)
     kubectl.create(deployment("web", 2))
 
-    running = eventually(lambda: [p for p in pods(kubectl, "app=web") if sidecar_started(p)]
-                         if len(pods(kubectl, "app=web")) == 2 else [], timeout=120,
-                         what="two web pods with their agent sidecar running")
+    def both_sidecars_running() -> list[dict[str, Any]] | None:
+        # A partial list would be truthy, and `eventually` returns the first truthy answer: ask for both at once.
+        running = [p for p in pods(kubectl, "app=web") if sidecar_started(p)]
+        return running if len(running) == 2 else None
+
+    running = eventually(both_sidecars_running, timeout=120, what="two web pods with their agent sidecar running")
     assert len(running) == 2
     for pod in running:
         first = pod["spec"]["initContainers"][0]
