@@ -61,10 +61,10 @@ def pack() -> list[dict[str, Any]]:
 
 
 CHILD = r"""
+from opsmgr.cli import main as command
+command.get_command(None, "agent")  # what `opsmgr agent` imports, first of all: its configuration, grpc and its stubs
 import asyncio, signal, sys
 from pathlib import Path
-from opsmgr.cli import main as command
-command.get_command(None, "agent")  # what `opsmgr agent` imports: its configuration, grpc and its stubs
 from opsmgr.allocator import one_malloc_arena
 one_malloc_arena()  # as `opsmgr agent` does before its first thread
 from opsmgr.agent.collection import Collection, CollectionSettings

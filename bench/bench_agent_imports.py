@@ -20,7 +20,8 @@ import sys
 # (what it is, the import statement): cumulative, so each step's share is what it adds to the ones above.
 STEPS: list[tuple[str, str]] = [
     ("python", "pass"),
-    ("asyncio (and ssl, which it imports)", "import asyncio"),
+    ("asyncio, hashlib without OpenSSL (as the agent)", "from opsmgr.agent.without_openssl import "
+                                                         "import_without_openssl; import_without_openssl()"),
     ("sqlite3", "import sqlite3"),
     ("psutil", "import psutil"),
     ("grpc.aio", "from grpc import aio"),

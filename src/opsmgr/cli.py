@@ -38,6 +38,8 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in SUBCOMMANDS:
+            if cmd_name == "agent":  # first: the agent needs no OpenSSL of Python's
+                importlib.import_module("opsmgr.agent.without_openssl").import_without_openssl()
             module_name, attribute = SUBCOMMANDS[cmd_name][0].split(":")
             command: Any = getattr(importlib.import_module(module_name), attribute)
             assert isinstance(command, click.Command)

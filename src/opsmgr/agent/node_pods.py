@@ -8,7 +8,6 @@ The listing is blocking I/O and runs in discovery's worker thread; `pod_records`
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,9 @@ def list_node_pods(environ: Mapping[str, str]) -> list[dict[str, Any]] | None:
     account = Path(environ.get("OPSMGR_ROOT", "") + ACCOUNT_DIRECTORY)
     if not node or not host or not (account / "token").exists():
         return None
-    # Only a node agent in its pod gets here: urllib.request (with http.client) costs every other agent ~0.5 MB.
+    # Only a node agent in its pod gets here: urllib.request (with http.client) costs every other agent ~0.5 MB, and
+    # ssl (with OpenSSL) ~4.5 MB; this runs in a worker thread, so asyncio's lack of ssl does not matter.
+    import ssl  # noqa: PLC0415
     from urllib.request import Request, urlopen  # noqa: PLC0415
 
     token = (account / "token").read_text().strip()

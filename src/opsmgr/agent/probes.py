@@ -5,21 +5,26 @@ A probe is named like any performance counter, with its target as the instance:
 - object "HTTP", instance the URL, counters "Available" (1 for a 2xx or 3xx answer), "Status Code" (0 when
   nothing answered) and "Response Time (ms)" (only when something answered).
 Process presence is the "Process" object's "Instance Count" counter (`opsmgr.agent.counters`).
-HTTP is a single GET over asyncio streams, so the agent needs no HTTP client library; HTTPS verifies the
-server's certificate against the system's trust store.
+HTTP is a single GET on a blocking socket in a worker thread, so the agent needs no HTTP client library and
+asyncio needs no TLS (the agent imports asyncio without Python's ssl module: `opsmgr.agent.without_openssl`); HTTPS
+imports ssl on its first use and verifies the server's certificate against the system's trust store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from opsmgr.api.management_pack import PerformanceCounter
+
+if TYPE_CHECKING:
+    import ssl
 
 PROBE_TIMEOUT_SECONDS = 5.0
 MAX_STATUS_LINE = 1024
@@ -76,26 +81,47 @@ async def probe_http(url: str, limit_seconds: float = PROBE_TIMEOUT_SECONDS,
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return HttpResult(0, None, f"{url!r} is not an http:// or https:// URL")
     secure = parts.scheme == "https"
-    port = parts.port or (443 if secure else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: opsmgr-agent\r\n"
+               "Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+    address = (parts.hostname, parts.port or (443 if secure else 80))
+    return await asyncio.to_thread(_get_status, address, request, limit_seconds, context if secure else None,
+                                   secure=secure)
+
+
+def _get_status(address: tuple[str, int], request: bytes, limit_seconds: float, context: ssl.SSLContext | None, *,
+                secure: bool) -> HttpResult:
+    """The blocking GET of `probe_http`, within `limit_seconds` in all (each step waits only for what is left)."""
     started = time.perf_counter()
-    writer: asyncio.StreamWriter | None = None
+    deadline = time.monotonic() + limit_seconds
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no status line within {limit_seconds:g} s")
+        return remaining
+
     try:
-        async with asyncio.timeout(limit_seconds):
-            reader, writer = await asyncio.open_connection(
-                parts.hostname, port, ssl=(context or ssl.create_default_context()) if secure else None)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: opsmgr-agent\r\n"
-                         "Accept: */*\r\nConnection: close\r\n\r\n".encode("latin-1"))
-            await writer.drain()
-            line = await reader.readuntil(b"\n")
-    except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+        with socket.create_connection(address, timeout=left()) as raw:
+            stream = raw
+            if secure:
+                import ssl  # noqa: PLC0415  (only agents with an HTTPS probe pay for OpenSSL)
+                stream = (context or ssl.create_default_context()).wrap_socket(raw, server_hostname=address[0])
+            with stream:
+                stream.settimeout(left())
+                stream.sendall(request)
+                line = b""
+                while b"\n" not in line and len(line) <= MAX_STATUS_LINE:
+                    stream.settimeout(left())
+                    chunk = stream.recv(MAX_STATUS_LINE + 1 - len(line))
+                    if not chunk:
+                        raise ConnectionError("the server closed the connection before its status line")
+                    line += chunk
+    except OSError as error:  # ssl.SSLError, TimeoutError and ConnectionError are all OSErrors
         return HttpResult(0, None, str(error) or type(error).__name__)
-    finally:
-        if writer is not None:
-            writer.close()
     elapsed = (time.perf_counter() - started) * 1000.0
-    fields = line[:MAX_STATUS_LINE].decode("latin-1").split()
+    fields = line.split(b"\n", 1)[0][:MAX_STATUS_LINE].decode("latin-1").split()
     if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
         return HttpResult(0, elapsed, f"not an HTTP status line: {line[:80]!r}")
     return HttpResult(int(fields[1]), elapsed)

@@ -3,8 +3,9 @@
 A fresh interpreter resolves `opsmgr agent` the way the command line does, reads its configuration file, loads its
 identity as a connection would and applies a management pack as a Welcome would; what it then holds must not include
 the other components' libraries, the custom-resource kinds the agent never reads, validators of models it never
-validates, cryptography or PyYAML, which only the agent's short-lived helper processes load, or what only a node
-agent in its pod needs. The memory figures themselves come from `bench/bench_agent_collection.py`.
+validates, cryptography or PyYAML, which only the agent's short-lived helper processes load, Python's OpenSSL
+bindings, or what only a node agent in its pod needs. The memory figures themselves come from
+`bench/bench_agent_collection.py`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ HELPERS_ONLY = ("cryptography", "opsmgr.agent.identity_store", "opsmgr.agent.ide
 YAML_READER_ONLY = ("yaml", "opsmgr.agent.yaml_reader")
 # About 0.5 MB that only a node agent in its pod uses, to list its node's pods from the API server.
 NODE_POD_LISTING_ONLY = ("urllib.request", "http.client")
+# About 4.4 MB: Python's OpenSSL bindings. The agent's TLS is grpc's; only an HTTPS probe or a node agent loads them.
+OPENSSL = ("ssl", "_ssl", "_hashlib")
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +109,10 @@ def test_an_agent_outside_a_node_pod_loads_no_http_client(agent_process: dict[st
     modules = agent_process["modules"]
     assert isinstance(modules, list)
     assert [m for m in modules if m in NODE_POD_LISTING_ONLY] == []
+
+
+def test_the_agent_loads_no_openssl_of_pythons_own(agent_process: dict[str, object]) -> None:
+    modules = agent_process["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if m in OPENSSL] == []
+    assert "hashlib" in modules  # it was imported, with its builtin digests: the test looks at the right process

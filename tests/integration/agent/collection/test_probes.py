@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import http.server
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +128,67 @@ async def test_https_probe_verifies_the_certificate(tls: tuple[ssl.SSLContext, s
         assert trusted.status == 204
         untrusted = await probe_http(f"https://localhost:{port}/204")
         assert untrusted.status == 0 and untrusted.error
+
+
+# `opsmgr agent` imports asyncio without Python's ssl module (opsmgr.agent.without_openssl); an HTTPS probe must
+# still work in such a process, so this one runs in a fresh interpreter that starts the way the command does.
+AGENT_PROCESS_PROBE = r"""
+import json, sys
+from opsmgr.cli import main
+main.get_command(None, "agent")
+import asyncio, ssl
+import asyncio.sslproto
+from opsmgr.agent.probes import probe_http
+async def probes():
+    trusted = await probe_http(sys.argv[1], context=ssl.create_default_context(cafile=sys.argv[2]))
+    untrusted = await probe_http(sys.argv[1])
+    return trusted.status, untrusted.status, untrusted.error
+trusted, untrusted, error = asyncio.run(probes())
+print(json.dumps({"trusted": trusted, "untrusted": untrusted, "error": error,
+                  "asyncio_has_ssl": asyncio.sslproto.ssl is not None}))
+"""
+
+
+async def test_an_https_probe_works_in_an_agent_whose_asyncio_has_no_ssl(
+        tls: tuple[ssl.SSLContext, ssl.SSLContext], tmp_path: Path) -> None:
+    server, _ = tls
+    for port in serve(server):
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", AGENT_PROCESS_PROBE,
+                                                       f"https://localhost:{port}/204", str(tmp_path / "tls.crt")],
+                                      capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout)
+        assert result["asyncio_has_ssl"] is False  # the process really ran without asyncio's TLS
+        assert result["trusted"] == 204
+        assert result["untrusted"] == 0 and "certificate verify failed" in result["error"]
+
+
+async def test_an_http_probe_of_a_server_that_never_answers_gives_up_within_its_limit() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody ever answers
+    try:
+        result = await probe_http(f"http://127.0.0.1:{listener.getsockname()[1]}/", limit_seconds=0.5)
+    finally:
+        listener.close()
+    assert (result.status, result.milliseconds) == (0, None)
+    assert "0.5 s" in (result.error or "") or "timed out" in (result.error or "")
+
+
+async def test_an_http_probe_of_a_server_that_closes_before_its_status_line_reports_status_zero() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def close_after_request() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+
+    closer = threading.Thread(target=close_after_request, daemon=True)
+    closer.start()
+    try:
+        result = await probe_http(f"http://127.0.0.1:{listener.getsockname()[1]}/")
+    finally:
+        closer.join(5)
+        listener.close()
+    assert (result.status, result.available) == (0, False)
+    assert "closed the connection before its status line" in (result.error or "")
 
 
 async def test_http_probe_counters(http_port: int) -> None:
