@@ -144,31 +144,61 @@ def hours_touched(kind: AggregateKind, at: datetime) -> list[datetime]:
     return [first + HOUR * n for n in range(int((last - first) / HOUR) + 1)]
 
 
+_MARKED_TABLES = (("performance_samples", AggregateKind.PERFORMANCE), ("state_changes", AggregateKind.STATE))
+# A batch whose rows lie within this many hours is marked from its oldest to its newest row's hour, not row by row.
+SPAN_MARK_HOURS = 24
+
+
+def _hour_of(at: datetime) -> int:
+    """Whole hours since the epoch. From the calendar fields when the time is in UTC, as ingested times are: half
+    the cost of timestamp(), whose exact arithmetic goes through Python integers (this runs per row)."""
+    return (at.toordinal() - _EPOCH_DAY) * 24 + at.hour if at.tzinfo is UTC else int(at.timestamp()) // 3600
+
+
+def _marks(touched: Mapping[AggregateKind, set[tuple[str, int]]]) -> list[tuple[str, str, datetime]]:
+    """(kind, agent, hour) for the (agent, hour) pairs touched, with the hours a sample's value carries into."""
+    hold = {AggregateKind.PERFORMANCE: int(MAX_HOLD.total_seconds()) // 3600, AggregateKind.STATE: 0}
+    marks: set[tuple[str, str, int]] = set()
+    for kind, pairs in touched.items():
+        for agent, first in pairs:
+            marks.update((kind.value, agent, first + n) for n in range(hold[kind] + 1))
+    return [(kind, agent, EPOCH + HOUR * hour) for kind, agent, hour in sorted(marks)]
+
+
 def late_hour_marks(rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> list[tuple[str, str, datetime]]:
     """(kind, agent, hour) for the performance and state rows a warehouse transaction writes, sorted.
 
     The same hours as `hours_touched`, counted in whole hours since the epoch (UTC hours are aligned to it): this
     runs for every warehouse row, and building datetimes per row cost more than the COPY of the row itself.
     """
-    hold = int(MAX_HOLD.total_seconds()) // 3600
-    marks: set[tuple[str, str, int]] = set()
-    for table, kind, span in (("performance_samples", AggregateKind.PERFORMANCE, hold),
-                              ("state_changes", AggregateKind.STATE, 0)):
-        touched: set[tuple[str, int]] = set()
-        for row in rows.get(table, ()):
-            at = row[1]  # every time-series row starts (agent, time)
-            # From the calendar fields when the time is in UTC, as ingested times are: half the cost of
-            # timestamp(), whose exact arithmetic goes through Python integers.
-            hour = (at.toordinal() - _EPOCH_DAY) * 24 + at.hour if at.tzinfo is UTC else int(at.timestamp()) // 3600
-            touched.add((row[0], hour))
-        for agent, first in touched:
-            marks.update((kind.value, agent, first + n) for n in range(span + 1))
-    return [(kind, agent, EPOCH + HOUR * hour) for kind, agent, hour in sorted(marks)]
+    # Every time-series row starts (agent, time).
+    return _marks({kind: {(row[0], _hour_of(row[1])) for row in rows.get(table, ())} for table, kind in _MARKED_TABLES})
 
 
-async def mark_late_hours(conn: asyncpg.Connection, rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
-    """Mark the hours these rows touch that may already be aggregated; call inside the writing transaction."""
-    marks = late_hour_marks(rows)
+def late_hour_marks_of_spans(
+        batches: Iterable[tuple[str, Mapping[str, tuple[datetime, datetime]], Mapping[str, Sequence[tuple[Any, ...]]]]],
+) -> list[tuple[str, str, datetime]]:
+    """The marks for the batches of a warehouse transaction, each given as (agent, each table's oldest and newest
+    row time, its rows), from the spans: every hour between a batch's oldest and newest row, without looking at
+    its rows (which a server-formed bulk batch never makes: opsmgr.db.routing.LazyRows). A superset of the hours
+    the rows touch is harmless (re-aggregating an hour nothing changed gives the same aggregates) and costs one
+    mark per hour in between; a batch spread over more than SPAN_MARK_HOURS is marked row by row instead."""
+    touched: dict[AggregateKind, set[tuple[str, int]]] = {kind: set() for _, kind in _MARKED_TABLES}
+    for agent, spans, rows in batches:
+        for table, kind in _MARKED_TABLES:
+            span = spans.get(table)
+            if span is None:
+                continue
+            first, last = _hour_of(span[0]), _hour_of(span[1])
+            if last - first <= SPAN_MARK_HOURS:
+                touched[kind].update((agent, hour) for hour in range(first, last + 1))
+            else:
+                touched[kind].update((row[0], _hour_of(row[1])) for row in rows[table])
+    return _marks(touched)
+
+
+async def mark_late_hours(conn: asyncpg.Connection, marks: Sequence[tuple[str, str, datetime]]) -> None:
+    """Mark these (kind, agent, hour)s where they may already be aggregated; call inside the writing transaction."""
     if not marks:
         return
     kinds, agents, hours = zip(*marks, strict=True)

@@ -6,7 +6,7 @@ error names the field, the value and the fix.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -217,16 +217,11 @@ class Batch:
     items: tuple[Item, ...]
     # The rows its items become, worked out once by opsmgr.db.routing and shared by both databases' writers.
     _series: Any = field(default=None, init=False, repr=False, compare=False)
+    # Set for a batch formed without its items (`Batch.deferred`): what is known of them, and how to make them.
+    _deferred: DeferredItems | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.agent:
-            raise InvalidBatch("batch.agent is empty: set it to the agent's FQDN (its certificate CN)")
-        if not isinstance(self.epoch, UUID):
-            raise InvalidBatch(f"batch.epoch is {self.epoch!r}: it must be the UUID minted with the agent's queue")
-        if self.seq < 0:
-            raise InvalidBatch(f"batch.seq is {self.seq}: sequence numbers start at 0 and only grow")
-        if not isinstance(self.lane, Lane):
-            raise InvalidBatch(f"batch.lane is {self.lane!r}: use 'priority' or 'bulk'")
+        _check_header(self.agent, self.epoch, self.seq, self.lane)
         allowed = LANE_KINDS[self.lane]
         types = _LANE_TYPES[self.lane]
         for index, item in enumerate(self.items):
@@ -235,11 +230,44 @@ class Batch:
             if type(item) not in types or item[0].tzinfo is None or not item[1]:
                 _check_item(index, item, self.lane, allowed)
 
+    @classmethod
+    def deferred(cls, agent: str, epoch: UUID, seq: int, lane: Lane, known: DeferredItems) -> Batch:
+        """A batch whose items are made only if something asks for them.
+
+        The server forms a bulk batch's rows straight from the wire, checked as the items would be
+        (opsmgr.server.convert), and the writers COPY those rows: making hundreds of items, each with its datetime,
+        cost a quarter of the server's time per item and nobody looked at them. Whoever does look (a replay that
+        falls outside the acceptance window, a test) gets the very items `known.make` builds, once.
+        """
+        _check_header(agent, epoch, seq, lane)
+        if not known.kinds <= LANE_KINDS[lane]:
+            raise ValueError(f"a deferred {lane} batch cannot hold {sorted(known.kinds - LANE_KINDS[lane])}")
+        batch = object.__new__(cls)
+        for name, value in (("agent", agent), ("epoch", epoch), ("seq", seq), ("lane", lane), ("_series", None),
+                            ("_deferred", known)):
+            object.__setattr__(batch, name, value)
+        return batch
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only when normal lookup fails: for `items`, when a deferred batch has not made them yet.
+        if name == "items" and self._deferred is not None:
+            items = self._deferred.make()
+            object.__setattr__(self, "items", items)
+            return items
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def id(self) -> BatchId:
         return BatchId(self.agent, self.epoch, self.seq)
 
+    @property
+    def size(self) -> int:
+        """How many items the batch holds (without making a deferred batch's items)."""
+        return self._deferred.size if self._deferred is not None else len(self.items)
+
     def kinds(self) -> frozenset[ItemKind]:
+        if self._deferred is not None:
+            return self._deferred.kinds
         # From the few distinct types, not per item: the server asks this of every batch it ingests.
         types = set(map(type, self.items))
         if types <= _ITEM_KINDS.keys():
@@ -256,6 +284,26 @@ _ITEM_KINDS: Mapping[type, ItemKind] = {Event: ItemKind.EVENT, PerformanceSample
 _LANE_TYPES: Mapping[Lane, frozenset[type]] = {
     lane: frozenset(t for t, kind in _ITEM_KINDS.items() if kind in kinds and t is not Alert)
     for lane, kinds in LANE_KINDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredItems:
+    """What a deferred batch knows of its items without making them, and the function that makes them."""
+
+    kinds: frozenset[ItemKind]
+    size: int
+    make: Callable[[], tuple[Item, ...]]
+
+
+def _check_header(agent: str, epoch: UUID, seq: int, lane: Lane) -> None:
+    if not agent:
+        raise InvalidBatch("batch.agent is empty: set it to the agent's FQDN (its certificate CN)")
+    if not isinstance(epoch, UUID):
+        raise InvalidBatch(f"batch.epoch is {epoch!r}: it must be the UUID minted with the agent's queue")
+    if seq < 0:
+        raise InvalidBatch(f"batch.seq is {seq}: sequence numbers start at 0 and only grow")
+    if not isinstance(lane, Lane):
+        raise InvalidBatch(f"batch.lane is {lane!r}: use 'priority' or 'bulk'")
 
 
 def _check_item(index: int, item: Item, lane: Lane, allowed: frozenset[ItemKind]) -> None:

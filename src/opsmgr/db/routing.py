@@ -7,7 +7,7 @@ later sync); events, performance and state go to both.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -84,6 +84,8 @@ class WritePlan:
     # Each table's rows as binary COPY tuples, for the tables whose rows the batch's former made them of and that
     # lost none to the acceptance window; the writers COPY these bytes instead of encoding the rows again.
     copy_tuples: Mapping[str, bytes] = field(default_factory=dict)
+    # Each table's oldest and newest row time: the hours a warehouse write marks late follow from them.
+    spans: Mapping[str, tuple[datetime, datetime]] = field(default_factory=dict)
 
     @property
     def items_written(self) -> int:
@@ -94,16 +96,48 @@ class WritePlan:
         return sum(self.dropped.values())
 
 
+class LazyRows(Mapping[str, list[tuple[Any, ...]]]):
+    """Rows per table whose lists are made the first time one is looked at; which tables hold rows is known before.
+
+    A server-formed bulk batch carries its rows as COPY tuples (`attach_bulk_series`), which the writers send as
+    they are: the row tuples are made only for whoever looks (a replay outside the acceptance window, a test).
+    """
+
+    __slots__ = ("_make", "_rows", "_tables")
+
+    def __init__(self, tables: Sequence[str], make: Callable[[], Mapping[str, list[tuple[Any, ...]]]]) -> None:
+        self._tables = tuple(tables)
+        self._make: Callable[[], Mapping[str, list[tuple[Any, ...]]]] | None = make
+        self._rows: Mapping[str, list[tuple[Any, ...]]] = {}
+
+    def __getitem__(self, table: str) -> list[tuple[Any, ...]]:
+        if table not in self._tables:
+            raise KeyError(table)
+        if self._make is not None:
+            self._rows, self._make = self._make(), None
+        return self._rows[table]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tables)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def __contains__(self, table: object) -> bool:
+        return table in self._tables
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     """What a batch's items become whatever the database: rows per time-series table (each row's second column is
-    its timestamp), each table's oldest and newest timestamp, and the alerts and discovery to upsert."""
+    its timestamp), how many and each table's oldest and newest timestamp, and the alerts and discovery to upsert."""
 
     rows: Mapping[str, list[tuple[Any, ...]]]
+    counts: Mapping[str, int]
     spans: Mapping[str, tuple[datetime, datetime]]
     alerts: tuple[Alert, ...]
     discovery: tuple[DiscoveryItem, ...]
-    # The rows of some tables as binary COPY tuples, when whoever formed the batch made them (attach_series_rows).
+    # The rows of some tables as binary COPY tuples, when whoever formed the batch made them (attach_bulk_series).
     copy_tuples: Mapping[str, bytes] = field(default_factory=dict)
 
 
@@ -124,18 +158,19 @@ def copy_epoch(epoch: UUID) -> CopyUUID:
     return CopyUUID(epoch.bytes)
 
 
-def attach_series_rows(batch: Batch, rows: Mapping[str, list[tuple[Any, ...]]],
-                       copy_tuples: Mapping[str, bytes]) -> None:
-    """Give a batch of events and performance samples alone the rows its items become, built by whoever formed its
-    items in the same pass (the server, from the wire: one pass per item instead of two), and the same rows as
-    binary COPY tuples (opsmgr.db.copy_format). Each row must be exactly what `_series` builds: (agent, the item's
-    fields in order, copy_epoch(epoch), seq, item number)."""
-    if batch._series is not None or not batch.kinds() <= _BULK_SERIES:
-        raise ValueError("attach_series_rows takes the rows of a batch of events and performance samples alone, "
-                         "before its series is first used")
-    filled = {table: found for table, found in rows.items() if found}
-    series = Series(filled, {table: _span(found) for table, found in filled.items()}, (), (),
-                    {table: copy_tuples[table] for table in filled})
+def attach_bulk_series(batch: Batch, copy_tuples: Mapping[str, bytes], counts: Mapping[str, int],
+                       spans: Mapping[str, tuple[datetime, datetime]]) -> None:
+    """Give a deferred batch of events and performance samples alone (`Batch.deferred`) what its whoever formed it
+    made in the same pass over the wire: each table's rows as binary COPY tuples (opsmgr.db.copy_format), how many,
+    and their oldest and newest time. The rows themselves are what `_series` makes of the items, made on demand."""
+    if batch._series is not None or batch._deferred is None or not batch.kinds() <= _BULK_SERIES:
+        raise ValueError("attach_bulk_series takes a deferred batch of events and performance samples alone, before "
+                         "its series is first used")
+    tables = [table for table, count in counts.items() if count]
+    if set(tables) != set(spans) or not set(tables) <= set(copy_tuples):
+        raise ValueError(f"attach_bulk_series needs the span and COPY tuples of each table with rows: {tables}")
+    series = Series(LazyRows(tables, lambda: _series(batch).rows), {table: counts[table] for table in tables},
+                    dict(spans), (), (), {table: copy_tuples[table] for table in tables})
     object.__setattr__(batch, "_series", series)  # a memo on frozen data, as series_of keeps it
 
 
@@ -156,7 +191,7 @@ def _series(batch: Batch) -> Series:
         elif isinstance(item, DiscoveryItem):
             discovery.append(item)
     spans = {table: _span(found) for table, found in rows.items()}
-    return Series(rows, spans, tuple(alerts), tuple(discovery))
+    return Series(rows, {table: len(found) for table, found in rows.items()}, spans, tuple(alerts), tuple(discovery))
 
 
 _ROW_TIME = itemgetter(1)  # every time-series row is (agent, time, ...)
@@ -171,36 +206,41 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
     """The batch in one database: its routed rows inside the database's acceptance window, the rest counted."""
     series = series_of(batch)
     window = acceptance_window(now, retention.raw_days(database), retention.partitions_ahead_days)
-    rows: dict[str, list[tuple[Any, ...]]] = {}
+    kept: dict[str, list[tuple[Any, ...]]] = {}  # the tables that lost rows to the window: what is left of them
+    tables: list[str] = []
     written: dict[ItemKind, int] = {}
     dropped: Counter[tuple[ItemKind, DropReason]] = Counter()
     partitions: set[PartitionKey] = set()
     copy_tuples: dict[str, bytes] = {}
-    for table, table_rows in series.rows.items():
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for table, span in series.spans.items():
         kind = TABLE_KINDS[table]
         if database not in ROUTES[kind]:
             continue
-        first, last = series.spans[table]
-        found = table_rows
+        count, (first, last) = series.counts[table], span
         if first < window.cutoff or last >= window.horizon:
             # Some rows are outside the window (rare: late or clock-ahead data): sort them out one by one.
-            kept = []
-            for row in table_rows:
+            found = []
+            for row in series.rows[table]:
                 reason = window.drop_reason(row[1])
                 if reason is None:
-                    kept.append(row)
+                    found.append(row)
                 else:
                     dropped[kind, reason] += 1
-            found = kept
             if not found:
                 continue
+            kept[table], count = found, len(found)
             first, last = _span(found)
         elif table in series.copy_tuples:
             copy_tuples[table] = series.copy_tuples[table]
-        rows[table] = found  # shared with the other database's plan: COPY only reads it
-        written[kind] = len(found)
+        tables.append(table)
+        written[kind] = count
+        spans[table] = (first, last)
         # Every day between the table's oldest and newest row: a superset is harmless, and far cheaper per item.
         partitions.update((table, day) for day in days_spanned(first, last))
+    # The rows are the series' own (shared with the other database's plan: COPY only reads them) or what the window
+    # kept; looked at only by a COPY of rows without their tuples, so a server-formed batch's are never made.
+    rows = LazyRows(tables, lambda: {table: kept.get(table) or series.rows[table] for table in tables})
     alerts: tuple[tuple[AlertChange, tuple[Alert, ...]], ...] = ()
     discovery: tuple[DiscoveryItem, ...] = ()
     if database in ROUTES[ItemKind.ALERT] and series.alerts:
@@ -209,7 +249,8 @@ def plan_write(batch: Batch, database: Database, retention: Retention, now: date
     if database in ROUTES[ItemKind.DISCOVERY] and series.discovery:
         discovery = series.discovery
         written[ItemKind.DISCOVERY] = len(series.discovery)
-    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped), copy_tuples)
+    return WritePlan(database, rows, alerts, discovery, frozenset(partitions), written, dict(dropped), copy_tuples,
+                     spans)
 
 
 # A time-series row is (agent, the item's fields in order, batch epoch, batch seq, item number): one tuple built per

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from itertools import chain
-from typing import Any
 
 import asyncpg
 
-from opsmgr.db.aggregation import mark_late_hours
+from opsmgr.db.aggregation import late_hour_marks_of_spans, mark_late_hours
 from opsmgr.db.copy_format import COPY_HEADER, COPY_TRAILER
 from opsmgr.db.model import Batch, BatchId, Database, DropReason, HealthState, ItemKind, Retention
 from opsmgr.db.routing import TABLE_COLUMNS, AlertChange, WritePlan, plan_write
@@ -149,22 +148,22 @@ async def _commit(conn: asyncpg.Connection, batches: Sequence[Batch], plans: Seq
         if not claimed:
             return claimed
         mine = [plans[index] for index in sorted(claimed)]
-        written: dict[str, list[tuple[Any, ...]]] = {}
         for table, columns in TABLE_COLUMNS.items():
-            # Joined in C: a comprehension costs a bytecode round per row, and this runs for every row.
-            records = written[table] = list(chain.from_iterable(plan.rows.get(table, ()) for plan in mine))
-            if not records:
+            holding = [plan for plan in mine if table in plan.rows]  # which tables hold rows is known without them
+            if not holding:
                 continue
-            holding = [plan for plan in mine if table in plan.rows]
             if all(table in plan.copy_tuples for plan in holding):
                 # The tuples made when the batches were formed: the same bytes go to both databases. A memoryview,
                 # as asyncpg would take bytes for a file name.
                 payload = b"".join((COPY_HEADER, *(plan.copy_tuples[table] for plan in holding), COPY_TRAILER))
                 await conn.copy_to_table(table, source=memoryview(payload), columns=columns, format="binary")
             else:
+                # Joined in C: a comprehension costs a bytecode round per row, and this runs for every row.
+                records = list(chain.from_iterable(plan.rows[table] for plan in holding))
                 await conn.copy_records_to_table(table, records=records, columns=columns)
         if mine[0].database is Database.WAREHOUSE:
-            await mark_late_hours(conn, written)
+            await mark_late_hours(conn, late_hour_marks_of_spans(
+                (batches[index].agent, plans[index].spans, plans[index].rows) for index in sorted(claimed)))
         for index in sorted(claimed):
             await _upsert_priority_items(conn, batches[index].agent, plans[index])
         dropped: Counter[tuple[ItemKind, DropReason]] = Counter()

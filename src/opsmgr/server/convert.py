@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from typing import Any, TypeVar
+from functools import partial
+from typing import TypeVar
 from uuid import UUID
 
 from google.protobuf.message import Message
@@ -30,6 +31,7 @@ from opsmgr.db.model import (
     AlertSeverity,
     Batch,
     Database,
+    DeferredItems,
     DiscoveryItem,
     Event,
     EventLevel,
@@ -43,7 +45,7 @@ from opsmgr.db.model import (
     StateChange,
 )
 from opsmgr.db.partitions import PARTITIONED_TABLES
-from opsmgr.db.routing import attach_series_rows, copy_epoch, databases_for
+from opsmgr.db.routing import attach_bulk_series, databases_for
 from opsmgr.protocol import agent_channel_pb2 as pb
 from opsmgr.protocol.limits import MAX_BATCH_ITEMS, MAX_DISCOVERY_PROPERTIES, MAX_KEY_CHARS, MAX_STRING_CHARS
 
@@ -85,19 +87,34 @@ def to_batch(agent: str, wire: pb.DataBatch) -> Batch:
 
 
 def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
-    """The batch of the checked wire batch's items, and in the bulk lane the rows they become, made in one pass.
+    if lane is Lane.BULK:
+        deferred = _bulk(agent, epoch, wire)
+        if deferred is not None:
+            return deferred
+    # The priority lane, and a bulk batch the quick path left alone (an item of another kind or without an object
+    # key): each item made, Batch checks them and says what is wrong.
+    return Batch(agent, epoch, wire.seq, lane, _items(wire))
 
-    Events and performance samples, nearly every item ingested, are checked and made here, in line: making the
-    rows from the items in a second pass cost a third as much as making the items. The checks are in the order, and
-    say what, _item's do; only a failing one calls a function that builds the message.
+
+def _items(wire: pb.DataBatch) -> tuple[Item, ...]:
+    return tuple(_item(index, wire_item) for index, wire_item in enumerate(wire.items))
+
+
+def _bulk(agent: str, epoch: UUID, wire: pb.DataBatch) -> Batch | None:
+    """A bulk batch of events and performance samples as a deferred batch with its rows as COPY tuples, checked as
+    `_item` and Batch check each item; None if an item needs the full path (`_formed` says why it is refused).
+
+    Events and performance samples are nearly every item ingested. Their COPY tuples are made straight from the
+    wire, and their items (each with a datetime) only if something asks (opsmgr.db.model.Batch.deferred): making
+    them cost a quarter of the server's time per item. The checks are in the order, and say what, _item's do; only
+    a failing one calls a function that builds the message.
     """
-    seq, row_epoch, levels = wire.seq, copy_epoch(epoch), _MEMBERS[EventLevel]
-    items: list[Item] = []
-    events: list[tuple[Any, ...]] = []
-    samples: list[tuple[Any, ...]] = []
-    # The same rows as PostgreSQL's binary COPY tuples, which the writers send to both databases (db.copy_format).
+    seq, levels = wire.seq, _MEMBERS[EventLevel]
+    # PostgreSQL's binary COPY tuples of the rows, which the writers send to both databases (db.copy_format).
     event_tuples: list[bytes] = []
     sample_tuples: list[bytes] = []
+    event_times: list[int] = []  # microseconds since 1970, for each table's oldest and newest row
+    sample_times: list[int] = []
     parts, keys = TupleParts(agent, epoch, seq), dict[str, bytes]()
     message: Message  # the item's own message, whose time _time reads when the quick path does not take it
     for index, wire_item in enumerate(wire.items):
@@ -105,6 +122,8 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
         if kind == "performance":
             p = message = wire_item.performance
             key, obj, counter, instance, value = p.object_key, p.object_name, p.counter_name, p.instance_name, p.value
+            if not key:
+                return None
             if not _short_texts(key, obj, counter, instance):
                 _texts(index, (("object_key", key, MAX_KEY_CHARS), ("object_name", obj, MAX_KEY_CHARS),
                                ("counter_name", counter, MAX_KEY_CHARS), ("instance_name", instance, MAX_KEY_CHARS)))
@@ -112,6 +131,8 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
         elif kind == "event":
             e = message = wire_item.event
             key, channel, source, description = e.object_key, e.channel, e.source, e.description
+            if not key:
+                return None
             if not _short_texts(key, channel, source) or len(description) > MAX_STRING_CHARS or "\x00" in description:
                 _texts(index, (("object_key", key, MAX_KEY_CHARS), ("channel", channel, MAX_KEY_CHARS),
                                ("source", source, MAX_KEY_CHARS), ("description", description, MAX_STRING_CHARS)))
@@ -121,17 +142,14 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
                                    "event id as the source logged it")
             stamp, stamp_name = e.logged_at, "logged_at"
         else:
-            items.append(_item(index, wire_item))
-            continue
+            return None
         seconds, nanos = stamp.seconds, stamp.nanos
-        micros = seconds * 1_000_000 + nanos // 1000
-        # As _time makes it; _time itself when unset, the epoch itself or out of range (it says which).
-        at = _EPOCH + _MICROSECOND * micros if (seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1] \
-            else _time(index, stamp_name, message)
+        if not ((seconds or nanos) and _SAFE_SECONDS[0] <= seconds <= _SAFE_SECONDS[1]):
+            _time(index, stamp_name, message)  # unset or out of range: refused, naming the field
+        micros = seconds * 1_000_000 + nanos // 1000  # the very microseconds _time's datetime holds
         wire_time = time_field(8, micros - PG_EPOCH_MICROSECONDS)
         if kind == "performance":
-            items.append(_new(PerformanceSample, (at, key, obj, counter, instance, value)))
-            samples.append((agent, at, key, obj, counter, instance, value, row_epoch, seq, index))
+            sample_times.append(micros)
             sample_tuples.append(b"".join((
                 parts.sample_head, wire_time, keys.get(key) or key_field(keys, key),
                 keys.get(obj) or key_field(keys, obj), keys.get(counter) or key_field(keys, counter),
@@ -139,18 +157,22 @@ def _formed(agent: str, epoch: UUID, lane: Lane, wire: pb.DataBatch) -> Batch:
                 int4_field(4, index))))
         else:
             level = levels.get(e.level) or _enum(EventLevel, index, "level", e.level)  # (levels are 1 to 5)
-            items.append(_new(Event, (at, key, channel, source, number, level, description)))
-            events.append((agent, at, key, channel, source, number, level, description, row_epoch, seq, index))
+            event_times.append(micros)
             event_tuples.append(b"".join((
                 parts.event_head, wire_time, keys.get(key) or key_field(keys, key),
                 keys.get(channel) or key_field(keys, channel), keys.get(source) or key_field(keys, source),
                 int4_field(4, number), int2_field(2, level), text_field(description), parts.tail,
                 int4_field(4, index))))
-    batch = Batch(agent, epoch, seq, lane, tuple(items))  # refuses an item of the other lane's kinds
-    if lane is Lane.BULK:
-        event_table, sample_table = PARTITIONED_TABLES[ItemKind.EVENT], PARTITIONED_TABLES[ItemKind.PERFORMANCE]
-        attach_series_rows(batch, {event_table: events, sample_table: samples},
-                           {event_table: b"".join(event_tuples), sample_table: b"".join(sample_tuples)})
+    kinds = frozenset(kind for kind, times in ((ItemKind.EVENT, event_times), (ItemKind.PERFORMANCE, sample_times))
+                      if times)
+    batch = Batch.deferred(agent, epoch, seq, Lane.BULK, DeferredItems(kinds, len(wire.items), partial(_items, wire)))
+    event_table, sample_table = PARTITIONED_TABLES[ItemKind.EVENT], PARTITIONED_TABLES[ItemKind.PERFORMANCE]
+    tables = {table: times for table, times in ((event_table, event_times), (sample_table, sample_times)) if times}
+    attach_bulk_series(
+        batch, {event_table: b"".join(event_tuples), sample_table: b"".join(sample_tuples)},
+        {table: len(times) for table, times in tables.items()},
+        {table: (_EPOCH + _MICROSECOND * min(times), _EPOCH + _MICROSECOND * max(times))
+         for table, times in tables.items()})
     return batch
 
 
@@ -171,9 +193,25 @@ def owed_databases(batch: Batch, wire: pb.DataBatch) -> frozenset[Database]:
 
 
 def _item(index: int, wire: pb.Item) -> Item:
-    """An item of the priority lane's kinds (to_batch makes events and performance samples itself)."""
+    """The item of `wire`, checked (for events and performance samples, what `_bulk` checks in its quick path)."""
     # Only a failing check builds the message (_texts, _enum, _time name the field, the value and the fix).
     kind = wire.WhichOneof("kind")
+    if kind == "performance":
+        p = wire.performance
+        _texts(index, (("object_key", p.object_key, MAX_KEY_CHARS), ("object_name", p.object_name, MAX_KEY_CHARS),
+                       ("counter_name", p.counter_name, MAX_KEY_CHARS),
+                       ("instance_name", p.instance_name, MAX_KEY_CHARS)))
+        return PerformanceSample(_time(index, "sampled_at", p), p.object_key, p.object_name, p.counter_name,
+                                 p.instance_name, p.value)
+    if kind == "event":
+        e = wire.event
+        _texts(index, (("object_key", e.object_key, MAX_KEY_CHARS), ("channel", e.channel, MAX_KEY_CHARS),
+                       ("source", e.source, MAX_KEY_CHARS), ("description", e.description, MAX_STRING_CHARS)))
+        if not _INT32[0] <= e.number <= _INT32[1]:
+            raise InvalidBatch(f"batch.items[{index}].number = {e.number}: outside 32-bit range. Fix: send the "
+                               "event id as the source logged it")
+        return Event(_time(index, "logged_at", e), e.object_key, e.channel, e.source, e.number,
+                     _enum(EventLevel, index, "level", e.level), e.description)
     if kind == "state":
         s = wire.state
         key, monitor = s.object_key, s.monitor

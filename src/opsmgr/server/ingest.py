@@ -178,7 +178,7 @@ class IngestPipeline:
 
     async def submit(self, batch: Batch, *, refuse_when_stalled: bool = False) -> asyncio.Future[CommitResult] | None:
         """Queue `batch`, waiting for room; with `refuse_when_stalled`, returns None instead of waiting on a stall."""
-        room = await self.reserve(len(batch.items), refuse_when_stalled=refuse_when_stalled)
+        room = await self.reserve(batch.size, refuse_when_stalled=refuse_when_stalled)
         if room is None:
             return None
         return await self.enqueue(batch, room)

@@ -427,7 +427,7 @@ class AgentSession:
             deferred: list[Database] = []
             if Database.OPERATIONAL in owed:
                 if room is None:
-                    room = await operational.reserve(len(batch.items))
+                    room = await operational.reserve(batch.size)
                     assert room is not None
                 pending[Database.OPERATIONAL], room = await operational.enqueue(batch, room), None
             if Database.WAREHOUSE in owed:

@@ -13,6 +13,7 @@ from opsmgr.db.aggregation import (
     contiguous_ranges,
     hours_touched,
     late_hour_marks,
+    late_hour_marks_of_spans,
     performance_aggregate,
     state_aggregate,
 )
@@ -103,6 +104,21 @@ def test_late_hour_marks_are_the_hours_each_row_touches_whatever_the_rows_time_z
         kind = AggregateKind.PERFORMANCE if table == "performance_samples" else AggregateKind.STATE
         expected |= {(kind.value, agent, hour) for hour in hours_touched(kind, moment)}
     assert late_hour_marks(by_table) == sorted(expected)
+
+
+def test_a_batch_is_marked_from_its_oldest_to_its_newest_hour_and_row_by_row_when_spread_over_days() -> None:
+    def spans_of(rows: dict[str, list[tuple[str, datetime]]]) -> dict[str, tuple[datetime, datetime]]:
+        return {table: (min(r[1] for r in found), max(r[1] for r in found)) for table, found in rows.items()}
+
+    gap = {"performance_samples": [("web01", at(1)), ("web01", at(1) + timedelta(hours=3))],
+           "state_changes": [("web01", at(5)), ("web01", at(5) + timedelta(hours=2))]}
+    by_span = late_hour_marks_of_spans([("web01", spans_of(gap), gap)])
+    # A superset of the rows' own hours: the hours in between too (re-aggregating them changes nothing).
+    assert set(late_hour_marks(gap)) < set(by_span)
+    assert by_span == sorted({("performance", "web01", HOUR + timedelta(hours=n)) for n in range(5)}
+                             | {("state", "web01", HOUR + timedelta(hours=n)) for n in range(3)})
+    spread = {"performance_samples": [("web01", at(1)), ("web01", at(1) + timedelta(days=3))]}
+    assert late_hour_marks_of_spans([("web01", spans_of(spread), spread)]) == late_hour_marks(spread)
 
 
 def test_contiguous_ranges_merge_adjacent_hours() -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from opsmgr.db.aggregation import late_hour_marks, late_hour_marks_of_spans
 from opsmgr.db.model import Alert, Batch, Database, Event, InvalidBatch, Lane, Retention
 from opsmgr.db.routing import plan_write
 from opsmgr.protocol import agent_channel_pb2 as pb
@@ -94,6 +95,10 @@ def test_a_replay_may_name_a_subset_of_its_databases_but_never_another() -> None
     (batch(event(channel="x" * (MAX_KEY_CHARS + 1))), r"batch.items\[0\].channel is"),
     (batch(pb.Item(event=pb.Event(object_key="k", level=3))), r"logged_at is unset"),
     (batch(pb.Item()), "carries no item"),
+    (batch(sample(), event(object_key="")), r"batch.items\[1\].object_key is empty"),
+    (batch(event(), sample(object_key="")), r"batch.items\[1\].object_key is empty"),
+    (batch(sample(), state(), sample()), r"batch.items\[1\] is state data in the bulk lane"),
+    (batch(sample(), sample(sampled_at=Timestamp(seconds=10**12))), r"batch.items\[1\].sampled_at = .*not a repr"),
     (batch(*[event()] * (MAX_BATCH_ITEMS + 1)), f"more than {MAX_BATCH_ITEMS}"),
     (pb.DataBatch(epoch=str(uuid.uuid4()), seq=2**63, lane=pb.LANE_BULK, items=[event()]),
      "batch.seq = 9223372036854775808: beyond 9223372036854775807"),
@@ -141,3 +146,26 @@ def test_times_at_the_ends_of_the_representable_range_convert_exactly() -> None:
     for moment in (Timestamp(seconds=-62_135_596_800, nanos=0), Timestamp(seconds=253_402_300_799, nanos=999_999_000)):
         converted = to_batch(AGENT, batch(sample(sampled_at=moment)))
         assert converted.items[0].timestamp == moment.ToDatetime(tzinfo=UTC)
+
+
+def test_a_bulk_batch_is_planned_and_marked_without_making_its_items_and_they_are_what_they_were() -> None:
+    """The server forms a bulk batch's COPY tuples from the wire and makes its items (a datetime each) only if asked;
+    planning it for both databases and marking its late hours must not ask, and what is made later is exact."""
+    wire = batch(sample(), event(logged_at=Timestamp(seconds=int(NOW.timestamp()) - 7200, nanos=5_000)),
+                 sample(instance_name="cpu1", value=-0.5, sampled_at=Timestamp(seconds=int(NOW.timestamp()) + 59)))
+    converted = to_batch(AGENT, wire)
+    assert converted.size == 3 and {kind.value for kind in converted.kinds()} == {"event", "performance"}
+    plans = {database: plan_write(converted, database, Retention(), NOW) for database in Database}
+    marks = late_hour_marks_of_spans([(AGENT, plans[Database.WAREHOUSE].spans, plans[Database.WAREHOUSE].rows)])
+    assert plans[Database.OPERATIONAL].written == plans[Database.WAREHOUSE].written
+    assert set(plans[Database.WAREHOUSE].copy_tuples) == {"events", "performance_samples"}
+    with pytest.raises(AttributeError):
+        object.__getattribute__(converted, "items")  # still not made
+    rebuilt = Batch(AGENT, converted.epoch, converted.seq, Lane.BULK, converted.items)  # made now: checked again
+    assert [item.timestamp for item in converted.items] == [
+        NOW, datetime(2026, 6, 1, 10, 0, 0, 5, tzinfo=UTC), datetime(2026, 6, 1, 12, 0, 59, tzinfo=UTC)]
+    for database in Database:
+        expected = plan_write(rebuilt, database, Retention(), NOW)
+        assert plans[database].rows == expected.rows and plans[database].spans == expected.spans
+        assert plans[database].written == expected.written and plans[database].partitions == expected.partitions
+    assert marks == late_hour_marks(plans[Database.WAREHOUSE].rows)
