@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -153,10 +153,10 @@ async def _commit(conn: asyncpg.Connection, batches: Sequence[Batch], plans: Seq
             if not holding:
                 continue
             if all(table in plan.copy_tuples for plan in holding):
-                # The tuples made when the batches were formed: the same bytes go to both databases. A memoryview,
-                # as asyncpg would take bytes for a file name.
-                payload = b"".join((COPY_HEADER, *(plan.copy_tuples[table] for plan in holding), COPY_TRAILER))
-                await conn.copy_to_table(table, source=memoryview(payload), columns=columns, format="binary")
+                # The tuples made when the batches were formed: the same bytes go to both databases, each batch's as
+                # a CopyData message of its own (joining them first copied every byte once more per database).
+                chunks = (COPY_HEADER, *(plan.copy_tuples[table] for plan in holding), COPY_TRAILER)
+                await conn.copy_to_table(table, source=_chunks(chunks), columns=columns, format="binary")
             else:
                 # Joined in C: a comprehension costs a bytecode round per row, and this runs for every row.
                 records = list(chain.from_iterable(plan.rows[table] for plan in holding))
@@ -174,6 +174,12 @@ async def _commit(conn: asyncpg.Connection, batches: Sequence[Batch], plans: Seq
             await conn.executemany(_COUNT_DROPS, [
                 (kind.value, reason.value, count) for (kind, reason), count in sorted(dropped.items())])
     return claimed
+
+
+async def _chunks(chunks: Sequence[bytes]) -> AsyncIterator[bytes]:
+    """The chunks as the async iterable asyncpg's COPY takes to send each in a message of its own."""
+    for chunk in chunks:
+        yield chunk
 
 
 async def _upsert_priority_items(conn: asyncpg.Connection, agent: str, plan: WritePlan) -> None:
