@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from operator import itemgetter
 from typing import Any
 from uuid import UUID
@@ -25,6 +26,7 @@ from opsmgr.db.model import (
     DiscoveryItem,
     DropReason,
     Event,
+    Item,
     ItemKind,
     PerformanceSample,
     Retention,
@@ -169,17 +171,29 @@ def attach_bulk_series(batch: Batch, copy_tuples: Mapping[str, bytes], counts: M
     tables = [table for table, count in counts.items() if count]
     if set(tables) != set(spans) or not set(tables) <= set(copy_tuples):
         raise ValueError(f"attach_bulk_series needs the span and COPY tuples of each table with rows: {tables}")
-    series = Series(LazyRows(tables, lambda: _series(batch).rows), {table: counts[table] for table in tables},
-                    dict(spans), (), (), {table: copy_tuples[table] for table in tables})
+    # The rows are made from the items' maker, not from the batch: the batch holds its series, and a series holding
+    # the batch would be a reference cycle, freed only by the cyclic collector (which the server runs rarely).
+    rows = LazyRows(tables, partial(_series_rows, batch.agent, batch.epoch, batch.seq, batch._deferred.make))
+    series = Series(rows, {table: counts[table] for table in tables}, dict(spans), (), (),
+                    {table: copy_tuples[table] for table in tables})
     object.__setattr__(batch, "_series", series)  # a memo on frozen data, as series_of keeps it
 
 
+def _series_rows(agent: str, epoch: UUID, seq: int, make_items: Callable[[], tuple[Item, ...]],
+                 ) -> Mapping[str, list[tuple[Any, ...]]]:
+    return _series_of(agent, epoch, seq, make_items()).rows
+
+
 def _series(batch: Batch) -> Series:
+    return _series_of(batch.agent, batch.epoch, batch.seq, batch.items)
+
+
+def _series_of(agent: str, batch_epoch: UUID, seq: int, items: Sequence[Item]) -> Series:
     rows: dict[str, list[tuple[Any, ...]]] = {}
     alerts: list[Alert] = []
     discovery: list[DiscoveryItem] = []
-    agent, epoch, seq = batch.agent, copy_epoch(batch.epoch), batch.seq
-    for item_no, item in enumerate(batch.items):
+    epoch = copy_epoch(batch_epoch)
+    for item_no, item in enumerate(items):
         table = _SERIES_TABLES.get(type(item))
         if table is not None:
             found = rows.get(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import UTC, datetime
 
@@ -169,3 +170,21 @@ def test_a_bulk_batch_is_planned_and_marked_without_making_its_items_and_they_ar
         assert plans[database].rows == expected.rows and plans[database].spans == expected.spans
         assert plans[database].written == expected.written and plans[database].partitions == expected.partitions
     assert marks == late_hour_marks(plans[Database.WAREHOUSE].rows)
+
+
+def test_a_formed_batch_is_freed_as_soon_as_it_is_dropped_without_the_cyclic_collector() -> None:
+    """The server runs Python's cyclic collector rarely (its young generation is large for ingest's sake): a batch
+    whose parts referred back to it stayed in memory long after its acks, 15 KB more server RSS per fleet agent."""
+    wires = [batch(sample(), event(), sample(instance_name="cpu1")), batch(alert(), state(), lane=pb.LANE_PRIORITY)]
+    gc.collect()
+    gc.disable()
+    try:
+        for wire in wires:
+            converted = to_batch(AGENT, wire)
+            for database in Database:
+                plan_write(converted, database, Retention(), NOW)
+            del converted
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0
