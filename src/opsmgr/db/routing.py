@@ -162,7 +162,7 @@ def copy_epoch(epoch: UUID) -> CopyUUID:
 
 def attach_bulk_series(batch: Batch, copy_tuples: Mapping[str, bytes], counts: Mapping[str, int],
                        spans: Mapping[str, tuple[datetime, datetime]]) -> None:
-    """Give a deferred batch of events and performance samples alone (`Batch.deferred`) what its whoever formed it
+    """Give a deferred batch of events and performance samples alone (`Batch.deferred`) what whoever formed it
     made in the same pass over the wire: each table's rows as binary COPY tuples (opsmgr.db.copy_format), how many,
     and their oldest and newest time. The rows themselves are what `_series` makes of the items, made on demand."""
     if batch._series is not None or batch._deferred is None or not batch.kinds() <= _BULK_SERIES:
