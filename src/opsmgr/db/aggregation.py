@@ -155,6 +155,11 @@ def _hour_of(at: datetime) -> int:
     return (at.toordinal() - _EPOCH_DAY) * 24 + at.hour if at.tzinfo is UTC else int(at.timestamp()) // 3600
 
 
+def _row_hours(rows: Iterable[tuple[Any, ...]]) -> set[tuple[str, int]]:
+    """(agent, hour) of each row; every time-series row starts (agent, time)."""
+    return {(row[0], _hour_of(row[1])) for row in rows}
+
+
 def _marks(touched: Mapping[AggregateKind, set[tuple[str, int]]]) -> list[tuple[str, str, datetime]]:
     """(kind, agent, hour) for the (agent, hour) pairs touched, with the hours a sample's value carries into."""
     hold = {AggregateKind.PERFORMANCE: int(MAX_HOLD.total_seconds()) // 3600, AggregateKind.STATE: 0}
@@ -171,8 +176,7 @@ def late_hour_marks(rows: Mapping[str, Sequence[tuple[Any, ...]]]) -> list[tuple
     The same hours as `hours_touched`, counted in whole hours since the epoch (UTC hours are aligned to it): this
     runs for every warehouse row, and building datetimes per row cost more than the COPY of the row itself.
     """
-    # Every time-series row starts (agent, time).
-    return _marks({kind: {(row[0], _hour_of(row[1])) for row in rows.get(table, ())} for table, kind in _MARKED_TABLES})
+    return _marks({kind: _row_hours(rows.get(table, ())) for table, kind in _MARKED_TABLES})
 
 
 def late_hour_marks_of_spans(
@@ -193,7 +197,7 @@ def late_hour_marks_of_spans(
             if last - first <= SPAN_MARK_HOURS:
                 touched[kind].update((agent, hour) for hour in range(first, last + 1))
             else:
-                touched[kind].update((row[0], _hour_of(row[1])) for row in rows[table])
+                touched[kind] |= _row_hours(rows[table])
     return _marks(touched)
 
 
