@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -90,6 +91,14 @@ async def probe_http(url: str, limit_seconds: float = PROBE_TIMEOUT_SECONDS,
                                    secure=secure)
 
 
+@functools.cache
+def _system_trust() -> ssl.SSLContext:
+    """The context of the system's trust store, made once: making it reads and parses every CA certificate on the
+    host (tens of milliseconds), which an HTTPS probe every few seconds would otherwise pay each time."""
+    import ssl  # noqa: PLC0415  (only agents with an HTTPS probe pay for OpenSSL)
+    return ssl.create_default_context()
+
+
 def _get_status(address: tuple[str, int], request: bytes, limit_seconds: float, context: ssl.SSLContext | None, *,
                 secure: bool) -> HttpResult:
     """The blocking GET of `probe_http`, within `limit_seconds` in all (each step waits only for what is left)."""
@@ -106,8 +115,7 @@ def _get_status(address: tuple[str, int], request: bytes, limit_seconds: float, 
         with socket.create_connection(address, timeout=left()) as raw:
             stream = raw
             if secure:
-                import ssl  # noqa: PLC0415  (only agents with an HTTPS probe pay for OpenSSL)
-                stream = (context or ssl.create_default_context()).wrap_socket(raw, server_hostname=address[0])
+                stream = (context or _system_trust()).wrap_socket(raw, server_hostname=address[0])
             with stream:
                 stream.settimeout(left())
                 stream.sendall(request)
