@@ -131,7 +131,9 @@ def test_a_time_set_to_the_epoch_is_a_time_not_a_missing_one() -> None:
 
 
 def test_a_bulk_batch_is_written_as_the_rows_of_its_items_in_order() -> None:
-    """The server forms a bulk batch's rows along with its items: they are the rows the writers make of the items."""
+    """A bulk batch formed from the wire plans as the batch of its items: the same rows (a formed batch makes them
+    from its items on demand), counts and partitions, item numbers in wire order. Its COPY tuples, which the writers
+    send instead of the rows, are held to the rows in real PostgreSQL (tests/integration/db/test_writers.py)."""
     later = Timestamp(seconds=int(NOW.timestamp()) + 61, nanos=999_999_999)
     wire = batch(sample(), event(logged_at=later), sample(instance_name="cpu1", value=-0.5), event(level=1))
     converted = to_batch(AGENT, wire)
